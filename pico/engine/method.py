@@ -1,0 +1,113 @@
+"""The method protocol: the one contract between the training engine and any method.
+
+A method (PiCO, MoCo, SimCLR, ...) is an ``nn.Module`` that owns its networks and
+buffers, turns a batch of augmented views into losses, and says what happens after
+each optimizer step. The engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    """One training batch on the training device.
+
+    ``views`` holds one augmented tensor per name in ``Method.views`` (same order);
+    ``index`` are the rows of the train split; ``target`` the true labels (-1 where
+    unknown). Partial-label methods must not read ``target``.
+    """
+
+    index: Tensor
+    views: list[Tensor]
+    target: Tensor
+
+
+@dataclass
+class StepInfo:
+    """Where training stands: 0-based epoch and global optimizer step."""
+
+    epoch: int
+    step: int
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole run."""
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass
+class TaskInfo:
+    """What a method may know about its training data when it is built.
+
+    ``train_candidates`` is the (N, C) bool candidate matrix of the train split when the
+    data carries candidate sets; ``train_targets`` are true labels (-1 where unknown),
+    for supervised references only.
+    """
+
+    num_classes: int
+    num_train: int
+    input_shape: tuple[int, ...]
+    kind: str
+    train_targets: Tensor
+    train_candidates: Tensor | None = None
+
+
+class Method(nn.Module):
+    """Base class of every training method.
+
+    Subclasses set ``views`` (names of augmentation recipes, one per view they need),
+    implement :meth:`training_step`, and override the hooks they need. Everything a
+    method must carry across a checkpoint lives in parameters or registered buffers.
+    """
+
+    views: tuple[str, ...] = ("weak",)
+    #: whether the method trains on candidate sets (enables partial-label metrics)
+    uses_candidates: bool = False
+
+    def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
+        """Losses for one batch; the key ``"loss"`` is minimised, the rest are logged."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, info: StepInfo) -> None:
+        """Called before the first step of each epoch (schedules that move per epoch)."""
+
+    def after_optimizer_step(self, info: StepInfo) -> None:
+        """Called after each optimizer step (momentum encoders, memory banks)."""
+
+    def backbone_module(self) -> nn.Module:
+        """The encoder whose pooled features are evaluated (kNN, linear probe)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features of normalised inputs (no augmentation)."""
+        return self.backbone_module()(x)
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor | None:
+        """Classifier-head logits, or ``None`` for methods without a classifier."""
+        return None
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor | None:
+        """L2-normalised embeddings in the prototype space, or ``None``."""
+        return None
+
+    def class_prototypes(self) -> Tensor | None:
+        """(C, D) L2-normalised class prototypes, or ``None``."""
+        return None
+
+    def train_label_estimate(self) -> Tensor | None:
+        """Current disambiguated label of every training row, or ``None``."""
+        return None
+
+    def optim_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (default: every trainable parameter)."""
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,66 @@
+"""Build everything a run needs (data, model, method, augmentation, evaluation) from config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from pico.data.augment import BatchAugment, build_augment
+from pico.data.bundle import DataBundle
+from pico.data.sources import load_data
+from pico.engine.method import Method, TaskInfo
+from pico.engine.trainer import resolve_device
+from pico.eval.evaluator import Evaluator
+from pico.models.factory import build_backbone
+from pico.pll.candidates import candidate_summary, format_candidate_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Experiment:
+    """The pieces of one run, built from a resolved config."""
+
+    bundle: DataBundle
+    method: Method
+    augmenters: dict[str, BatchAugment]
+    evaluator: Evaluator
+    device: torch.device
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    """Load data, build backbone and method, augmentation recipes and the evaluator."""
+    bundle = load_data(cfg.data)
+    log.info("%s", bundle.summary())
+    if bundle.train.candidates is not None:
+        stats = candidate_summary(bundle.train.candidates, bundle.train.targets)
+        log.info("train candidates: %s", format_candidate_summary(stats))
+    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind)
+    task = TaskInfo(
+        num_classes=bundle.num_classes,
+        num_train=len(bundle.train),
+        input_shape=bundle.input_shape,
+        kind=bundle.kind,
+        train_targets=bundle.train.targets,
+        train_candidates=bundle.train.candidates,
+    )
+    method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=task)
+    recipes = [*dict.fromkeys(method.views), "test"]
+    missing = [name for name in recipes if name not in cfg.aug]
+    if missing:
+        raise ValueError(
+            f"augmentation config has no recipe {missing} needed by the method "
+            f"(it has {sorted(cfg.aug)}); add them to the aug config or pick another aug=..."
+        )
+    augmenters = {
+        name: build_augment(cfg.aug[name], bundle.mean, bundle.std) for name in recipes
+    }
+    device = resolve_device(cfg.trainer.device)
+    for augmenter in augmenters.values():
+        augmenter.to(device)
+    evaluator = Evaluator(cfg.eval, bundle, augmenters["test"], device)
+    return Experiment(bundle, method, augmenters, evaluator, device)

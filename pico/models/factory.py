@@ -1,0 +1,79 @@
+"""Build a backbone from a Hydra ``model`` config and the data's input shape."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+#: the constructor argument that receives the input size, per data kind
+_SIZE_ARG = {"image": "in_channels", "tabular": "in_dim"}
+_FIX = {
+    "image": "use an image backbone (model=convnet or model=resnet18) for image data",
+    "tabular": "use model=mlp for tabular data",
+}
+
+
+def _accepted_kind(target: Any) -> str | None:
+    """The data kind a backbone constructor accepts, judged by its size argument."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+    if "in_channels" in params:
+        return "image"
+    if "in_dim" in params:
+        return "tabular"
+    return None
+
+
+def build_backbone(
+    cfg: DictConfig | Mapping[str, Any], input_shape: tuple[int, ...], kind: str
+) -> nn.Module:
+    """Instantiate ``cfg`` (a mapping with ``_target_`` and kwargs) for inputs of ``input_shape``.
+
+    Image data (``kind="image"``, shape (C, H, W)) passes ``in_channels=C``; tabular data
+    (``kind="tabular"``, shape (D,)) passes ``in_dim=D``; these override any value in the
+    config. The backbone kind is read from the target's signature (``in_channels`` means
+    image, ``in_dim`` tabular), so a mismatch fails before anything is built. The result
+    must expose an integer ``out_dim`` (feature size).
+    """
+    if kind not in _SIZE_ARG:
+        raise ValueError(f"data kind must be 'image' or 'tabular', got {kind!r}")
+    expected_ndim = 3 if kind == "image" else 1
+    if len(input_shape) != expected_ndim:
+        raise ValueError(
+            f"{kind} data needs an input shape with {expected_ndim} dimension(s) "
+            f"({'(C, H, W)' if kind == 'image' else '(D,)'}), got {tuple(input_shape)}"
+        )
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    target_name = cfg.get("_target_")
+    if not target_name:
+        raise ValueError(
+            "model config has no '_target_'; pick a model config (e.g. model=convnet) "
+            "or set _target_ to a backbone class or function such as pico.models.SmallConvNet"
+        )
+    try:
+        target = get_object(target_name)
+    except Exception as err:
+        raise ValueError(
+            f"model _target_ {target_name!r} cannot be imported ({err}); check the dotted path"
+        ) from err
+    accepted = _accepted_kind(target)
+    if accepted is not None and accepted != kind:
+        raise ValueError(
+            f"backbone {target_name} is built for {accepted} data but the data is {kind} "
+            f"(input shape {tuple(input_shape)}); {_FIX[kind]}"
+        )
+    model = instantiate(cfg, **{_SIZE_ARG[kind]: int(input_shape[0])}, _convert_="all")
+    if not isinstance(getattr(model, "out_dim", None), int):
+        raise ValueError(
+            f"backbone {target_name} has no integer attribute 'out_dim'; set it to the size "
+            "of the features the backbone returns"
+        )
+    return model

@@ -1,0 +1,144 @@
+"""PiCO: contrastive label disambiguation for partial-label learning (Wang et al., ICLR 2022)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pico.core.distributed import gather_no_grad
+from pico.core.ema import ema_update_, momentum_copy
+from pico.core.losses import sup_con, sup_con_from_labels
+from pico.core.queue import FeatureQueue
+from pico.engine.method import Batch, StepInfo, TaskInfo
+from pico.models.heads import mlp_head
+from pico.pll.candidates_buffer import require_candidates, uniform_confidence
+from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
+from pico.pll.prototypes import update_prototypes
+from pico.pll.supervised import ClassifierMethod
+
+
+class PiCO(ClassifierMethod):
+    """MoCo with candidate-aware pseudo-labels, class prototypes and label disambiguation.
+
+    Per step (DESIGN.md section 3): classifier pseudo-labels restricted to the candidates;
+    after warm-up, prototype labels update the confidence matrix (moving average φ) and
+    the batch updates the momentum prototypes; the contrastive loss is SupCon over
+    ``[q; k; queue]`` with pseudo-label positives (warm-up: instance positives only);
+    the classifier learns from the confidence matrix.
+
+    Warm-up lasts ``max(warmup_epochs * steps_per_epoch, warmup_min_steps)`` optimizer
+    steps, so small datasets with few steps per epoch still get a long enough warm-up.
+    Warm-up gates both the prototype and the confidence updates.
+    """
+
+    views = ("weak", "strong")
+    uses_candidates = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: TaskInfo,
+        proj_dim: int = 128,
+        proj_hidden: int | None = None,
+        queue_size: int = 8192,
+        key_momentum: float = 0.999,
+        temperature: float = 0.07,
+        contrastive_weight: float = 0.5,
+        proto_momentum: float = 0.99,
+        phi_start: float = 0.95,
+        phi_end: float = 0.8,
+        warmup_epochs: float = 1.0,
+        warmup_min_steps: int = 0,
+    ) -> None:
+        super().__init__(backbone, task)
+        candidates = require_candidates(task, "pico")
+        hidden = proj_hidden or backbone.out_dim
+        self.head = mlp_head(backbone.out_dim, hidden, proj_dim, num_layers=2)
+        self.key_backbone = momentum_copy(self.backbone)
+        self.key_head = momentum_copy(self.head)
+        self.queue = FeatureQueue(queue_size, proj_dim, columns={"label": torch.long})
+        self.register_buffer("candidates", candidates)
+        self.register_buffer("confidence", uniform_confidence(candidates))
+        self.register_buffer("prototypes", torch.zeros(task.num_classes, proj_dim))
+        self.register_buffer("phi", torch.tensor(phi_start))
+        self.key_momentum = key_momentum
+        self.temperature = temperature
+        self.contrastive_weight = contrastive_weight
+        self.proto_momentum = proto_momentum
+        self.phi_range = (phi_start, phi_end)
+        self.warmup_epochs = warmup_epochs
+        self.warmup_min_steps = warmup_min_steps
+
+    def warmup_steps(self, info: StepInfo) -> int:
+        """Optimizer steps of warm-up for this run."""
+        return max(round(self.warmup_epochs * info.steps_per_epoch), self.warmup_min_steps)
+
+    def on_epoch_start(self, info: StepInfo) -> None:
+        self.phi.fill_(phi_schedule(info.epoch, info.epochs, *self.phi_range))
+
+    def after_optimizer_step(self, info: StepInfo) -> None:
+        ema_update_(
+            [(self.backbone, self.key_backbone), (self.head, self.key_head)], self.key_momentum
+        )
+
+    def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
+        weak, strong = batch.views
+        index = batch.index
+        candidates = self.candidates[index]
+        features = self.backbone(weak)
+        logits = self.classifier(features)
+        q = F.normalize(self.head(features), dim=1)
+        with torch.no_grad():
+            probs = logits.detach().float().softmax(dim=1)
+            pseudo = (probs * candidates).argmax(dim=1)
+            k = F.normalize(self.key_head(self.key_backbone(strong)), dim=1)
+            q_all, pseudo_all = gather_no_grad(q.detach().float()), gather_no_grad(pseudo)
+            if info.step >= self.warmup_steps(info):
+                proto_label = prototype_labels(q.detach(), self.prototypes, candidates)
+                update_confidence_(
+                    self.confidence,
+                    gather_no_grad(index),
+                    gather_no_grad(proto_label),
+                    self.phi,
+                )
+                self.prototypes.copy_(
+                    update_prototypes(self.prototypes, q_all, pseudo_all, self.proto_momentum)
+                )
+        loss_cont = self._contrastive(q, k.to(q.dtype), pseudo, info)
+        loss_cls = -(self.confidence[index] * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+        self.queue.enqueue(gather_no_grad(k.float()), label=pseudo_all)
+        return {
+            "loss": loss_cls + self.contrastive_weight * loss_cont,
+            "cls": loss_cls.detach(),
+            "cont": loss_cont.detach(),
+        }
+
+    def _contrastive(self, q: Tensor, k: Tensor, pseudo: Tensor, info: StepInfo) -> Tensor:
+        """SupCon over ``[q; k; queue]``: pseudo-label positives, or own key in warm-up."""
+        queue = self.queue.features.to(q.dtype)
+        contrast = torch.cat([q, k, queue])
+        size = len(q)
+        valid = torch.cat([torch.ones(2 * size, dtype=torch.bool, device=q.device),
+                           self.queue.valid_mask()])
+        if info.step >= self.warmup_steps(info):
+            labels = torch.cat([pseudo, pseudo, self.queue.column("label")])
+            return sup_con_from_labels(
+                q, pseudo, contrast, labels, self.temperature, contrast_valid=valid
+            )
+        rows = torch.arange(size, device=q.device)
+        positive = torch.zeros(size, len(contrast), dtype=torch.bool, device=q.device)
+        positive[rows, rows + size] = True
+        exclude = torch.zeros_like(positive)
+        exclude[rows, rows] = True
+        return sup_con(q, contrast, positive, self.temperature, exclude, valid)
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+    def class_prototypes(self) -> Tensor:
+        return self.prototypes
+
+    def train_label_estimate(self) -> Tensor:
+        return self.confidence.argmax(dim=1)
