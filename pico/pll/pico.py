@@ -119,8 +119,9 @@ class PiCO(ClassifierMethod):
         queue = self.queue.features.to(q.dtype)
         contrast = torch.cat([q, k, queue])
         size = len(q)
-        valid = torch.cat([torch.ones(2 * size, dtype=torch.bool, device=q.device),
-                           self.queue.valid_mask()])
+        valid = torch.cat(
+            [torch.ones(2 * size, dtype=torch.bool, device=q.device), self.queue.valid_mask()]
+        )
         if info.step >= self.warmup_steps(info):
             labels = torch.cat([pseudo, pseudo, self.queue.column("label")])
             return sup_con_from_labels(
