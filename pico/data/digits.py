@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits as sklearn_digits
 
 from pico.data.bundle import Split, stratified_split
 from pico.data.sources import SourceData, channel_stats
@@ -14,6 +13,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> SourceData:
 
     Pixel values 0..16 are scaled to 0..255; ``mean``/``std`` come from the train split.
     """
+    from sklearn.datasets import load_digits as sklearn_digits  # slow import, only needed here
+
     raw = sklearn_digits()
     pixels = torch.from_numpy(raw.images).to(torch.float64)
     images = (pixels * (255.0 / 16.0)).round_().to(torch.uint8).unsqueeze(1)

@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 
 from pico.data.bundle import Split
 from pico.data.sources import SourceData, channel_stats, missing_path_error
@@ -85,7 +85,9 @@ def list_image_folder(
 
     With ``require_all`` every class folder must hold at least one image.
     """
-    classes = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(
+        p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if not classes:
         raise ValueError(
             f"'{directory}' has no class sub-folders; expected {directory}/<class>/<image files>"
@@ -111,21 +113,31 @@ def list_image_folder(
 def _decode_one(source: Path | bytes, channels: int) -> Tensor:
     """Decode one encoded image (a file path or its bytes) to uint8 (channels, H, W)."""
     mode, pil_mode = _MODES[channels]
-    data = read_file(str(source)) if isinstance(source, Path) else torch.frombuffer(
-        bytearray(source), dtype=torch.uint8
-    )
+    raw = source.read_bytes() if isinstance(source, Path) else source
     try:
-        image = decode_image(data, mode=mode)
-    except RuntimeError:
-        raw = source.read_bytes() if isinstance(source, Path) else source
-        with Image.open(io.BytesIO(raw)) as pil:
-            array = np.asarray(pil.convert(pil_mode))
-        image = torch.from_numpy(array.reshape(*array.shape[:2], channels).copy()).permute(2, 0, 1)
-    if image.ndim == 4:  # animated GIF: keep the first frame
+        image: Tensor | None = decode_image(
+            torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode
+        )
+    except RuntimeError:  # a format torchvision cannot decode
+        image = None
+    if image is not None and image.ndim == 4:  # animated GIF: keep the first frame
         image = image[0]
+    if image is None or image.shape[0] != channels:  # GIF/WebP ignore the grayscale mode
+        image = _decode_with_pillow(raw, pil_mode, source)
     if image.dtype != torch.uint8:  # 16-bit PNG
         image = TF.to_dtype(image, torch.uint8, scale=True)
     return image
+
+
+def _decode_with_pillow(raw: bytes, pil_mode: str, source: Path | bytes) -> Tensor:
+    try:
+        with Image.open(io.BytesIO(raw)) as pil:
+            array = np.asarray(pil.convert(pil_mode))
+    except OSError as err:
+        raise ValueError(
+            f"cannot decode {_describe(source)} as an image ({err}); remove or replace it"
+        ) from err
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 
 
 def decode_images(
@@ -173,8 +185,8 @@ def _decode_all(
         list(pool.map(work, range(0, len(sources), _CHUNK)))
     if mismatched:
         mismatched.sort()
-        seen = [f"{_describe(sources[0])}: {(height, width)}"] + [
-            f"{_describe(sources[i])}: {size}" for i, size in mismatched[:4]
+        seen = [f"#0 {_describe(sources[0])}: {(height, width)}"] + [
+            f"#{i} {_describe(sources[i])}: {size}" for i, size in mismatched[:4]
         ]
         raise ValueError(
             f"images differ in size ({len(mismatched)} of {len(sources)} differ from the first; "
@@ -184,4 +196,4 @@ def _decode_all(
 
 
 def _describe(source: Path | bytes) -> str:
-    return str(source) if isinstance(source, Path) else "image"
+    return f"'{source}'" if isinstance(source, Path) else f"an image of {len(source)} bytes"

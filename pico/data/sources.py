@@ -46,16 +46,22 @@ class SourceData:
     std: tuple[float, ...] = field(default_factory=tuple)
 
 
-def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(
+    images: Tensor, chunk_elements: int = 1 << 24
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of uint8 images (N, C, H, W) on the 0-1 scale.
 
-    Sums are exact (int64 over chunks of rows), so large sets need no float copy.
+    Sums are exact (int64 over chunks of about ``chunk_elements`` values), so large sets
+    need no full-size copy.
     """
     if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"expected a non-empty (N, C, H, W) image tensor, got {tuple(images.shape)}")
+        raise ValueError(
+            f"expected a non-empty (N, C, H, W) image tensor, got {tuple(images.shape)}"
+        )
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.int64)
     total_sq = torch.zeros(channels, dtype=torch.int64)
+    chunk = max(1, chunk_elements // images[0].numel())
     for start in range(0, len(images), chunk):
         block = images[start : start + chunk].to(torch.int64)
         total += block.sum(dim=(0, 2, 3))

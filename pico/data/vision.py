@@ -163,7 +163,9 @@ def _idx_split(directory: Path, split: str) -> Split:
             f"idx files in '{directory}' have shapes {images.shape} and {labels.shape}; "
             "expected images (N, H, W) and labels (N,)"
         )
-    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return Split(
+        torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
