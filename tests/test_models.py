@@ -239,3 +239,21 @@ def test_build_backbone_bad_config() -> None:
         build_backbone(
             {"_target_": "torch.nn.Conv2d", "out_channels": 2, "kernel_size": 1}, (1, 8, 8), "image"
         )
+
+
+def test_imagenet_resnet_loads_local_weights_and_rejects_mismatch(tmp_path):
+    import torchvision
+
+    from pico.models import imagenet_resnet
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pt"
+    torch.save(reference.state_dict(), path)
+    net = imagenet_resnet(18, weights=str(path))
+    assert net.out_dim == 512
+    torch.testing.assert_close(net.conv1.weight, reference.conv1.weight)
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    with pytest.raises(ValueError, match="does not match ResNet-34"):
+        imagenet_resnet(34, weights=str(path))
+    with pytest.raises(ValueError, match="does not exist"):
+        imagenet_resnet(18, weights=str(tmp_path / "missing.pt"))

@@ -6,6 +6,6 @@ from pico.models.convnet import SmallConvNet
 from pico.models.factory import build_backbone
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
-from pico.models.resnet import cifar_resnet
+from pico.models.resnet import cifar_resnet, imagenet_resnet
 
-__all__ = ["MLPEncoder", "SmallConvNet", "build_backbone", "cifar_resnet", "mlp_head"]
+__all__ = ["MLPEncoder", "SmallConvNet", "build_backbone", "cifar_resnet", "imagenet_resnet", "mlp_head"]

@@ -1,9 +1,11 @@
-"""ResNets with the CIFAR stem (3x3 stride-1 first convolution, no max-pool)."""
+"""ResNets: the CIFAR stem (3x3 stride-1 first convolution, no max-pool) and the ImageNet one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
 
@@ -31,6 +33,41 @@ def cifar_resnet(
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
+    out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    net.out_dim = out_dim
+    return net
+
+
+def imagenet_resnet(depth: int = 18, in_channels: int = 3, weights: str | None = None) -> nn.Module:
+    """torchvision ResNet-``depth`` with its ImageNet stem, for larger images (e.g. CUB-200).
+
+    ``weights`` is a local file holding a torchvision ResNet state dict (for example the
+    ImageNet weights saved once with ``torch.save(resnet18(weights="DEFAULT").state_dict())``);
+    ``None`` initialises randomly. The classifier is removed; ``out_dim`` is set.
+    """
+    if depth not in _RESNETS:
+        raise ValueError(
+            f"imagenet_resnet supports depth 18, 34 or 50, got {depth}; "
+            "set model.depth to one of these"
+        )
+    net = _RESNETS[depth](weights=None)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ValueError(
+                f"model.weights={weights} does not exist; pass a local torchvision ResNet "
+                "state dict file or model.weights=null for random initialisation"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not match ResNet-{depth}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}; pass weights saved from the same depth"
+            )
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     out_dim = net.fc.in_features
     net.fc = nn.Identity()
     net.out_dim = out_dim
