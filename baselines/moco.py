@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from pico.core.distributed import gather_no_grad
 from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
 from pico.core.losses import info_nce
-from pico.core.queue import FeatureQueue
+from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.models.heads import mlp_head
 
@@ -41,7 +41,7 @@ class MoCo(Method):
         self.head = mlp_head(backbone.out_dim, proj_hidden, proj_dim, num_layers=2)
         self.key_backbone = momentum_copy(backbone)
         self.key_head = momentum_copy(self.head)
-        self.queue = FeatureQueue(queue_size, proj_dim)
+        self.queue = FeatureQueue(queue_size_for(queue_size, task.num_train), proj_dim)
         self.key_momentum = key_momentum
         self.cosine_schedule = cosine_schedule
         self.temperature = temperature

@@ -145,3 +145,10 @@ def test_properties_and_device_move() -> None:
     q.enqueue(torch.ones(3, 5), labels=torch.arange(3))
     assert q.num_filled() == 3
     assert q.valid_mask().tolist() == [True] * 3 + [False] * 5
+
+
+def test_queue_size_capped_at_training_rows():
+    from pico.core.queue import queue_size_for
+
+    assert queue_size_for(8192, 1000) == 1000
+    assert queue_size_for(512, 1000) == 512

@@ -14,7 +14,7 @@ from pico.core.distributed import (
 )
 from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
 from pico.core.losses import info_nce, nt_xent, sup_con, sup_con_from_labels
-from pico.core.queue import FeatureQueue
+from pico.core.queue import FeatureQueue, queue_size_for
 
 __all__ = [
     "FeatureQueue",
@@ -31,6 +31,7 @@ __all__ = [
     "is_main_process",
     "momentum_copy",
     "nt_xent",
+    "queue_size_for",
     "sup_con",
     "sup_con_from_labels",
 ]

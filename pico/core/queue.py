@@ -9,6 +9,7 @@ placeholder entries).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -129,3 +130,17 @@ class FeatureQueue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self._size}, dim={self._dim}, columns={list(self._columns)}"
+
+
+def queue_size_for(requested: int, num_train: int) -> int:
+    """Queue length for a training set of ``num_train`` rows: at most one key per row.
+
+    A queue longer than the training set would hold several keys of the same example,
+    which then act as negatives of its own query. The cap is logged when it applies.
+    """
+    if requested <= num_train:
+        return requested
+    logging.getLogger(__name__).info(
+        "queue_size %d exceeds the %d training rows; using %d", requested, num_train, num_train
+    )
+    return num_train

@@ -192,9 +192,7 @@ class Trainer:
                     "config": config_yaml,
                     **state,
                 }
-                save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
-                if improved:
-                    save_checkpoint(ckpt, self.ckpt_dir / "best.pt")
+                self._save(ckpt, epoch + 1, improved)
             summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
             log.info("epoch %d: %s", epoch + 1, summary)
         logger.close()
@@ -210,6 +208,16 @@ class Trainer:
         if self.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
+
+    def _save(self, ckpt: dict[str, Any], epoch: int, improved: bool) -> None:
+        """Write ``last.pt``, ``best.pt`` when improved, and keep the newest epoch files."""
+        save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
+        if improved:
+            save_checkpoint(ckpt, self.ckpt_dir / "best.pt")
+        if self.cfg.keep_last > 0:
+            save_checkpoint(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
+            for old in sorted(self.ckpt_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last]:
+                old.unlink()
 
     @staticmethod
     def _check_finite(means: dict[str, float], step: int) -> None:

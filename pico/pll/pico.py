@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from pico.core.distributed import gather_no_grad
 from pico.core.ema import ema_update_, momentum_copy
 from pico.core.losses import sup_con, sup_con_from_labels
-from pico.core.queue import FeatureQueue
+from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, StepInfo, TaskInfo
 from pico.models.heads import mlp_head
 from pico.pll.candidates_buffer import require_candidates, uniform_confidence
@@ -57,7 +57,7 @@ class PiCO(ClassifierMethod):
         self.head = mlp_head(backbone.out_dim, hidden, proj_dim, num_layers=2)
         self.key_backbone = momentum_copy(self.backbone)
         self.key_head = momentum_copy(self.head)
-        self.queue = FeatureQueue(queue_size, proj_dim, columns={"label": torch.long})
+        self.queue = FeatureQueue(queue_size_for(queue_size, task.num_train), proj_dim, columns={"label": torch.long})
         self.register_buffer("candidates", candidates)
         self.register_buffer("confidence", uniform_confidence(candidates))
         self.register_buffer("prototypes", torch.zeros(task.num_classes, proj_dim))
