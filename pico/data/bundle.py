@@ -79,9 +79,7 @@ class DataBundle:
         )
 
 
-def stratified_split(
-    targets: Tensor, fraction: float, seed: int
-) -> tuple[Tensor, Tensor]:
+def stratified_split(targets: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Split row indices into (rest, held_out) with ``fraction`` of each class held out.
 
     Seeded and independent of any global RNG; every class keeps at least one row in
