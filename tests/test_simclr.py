@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from baselines.simclr import SimCLR
+from pico.core.losses import nt_xent
+from pico.engine.method import Batch, StepInfo, TaskInfo
+
+INFO = StepInfo(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+WORLD = 2
+
+
+def _method(seed: int = 0, temperature: float = 0.5) -> SimCLR:
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 32))
+    backbone.out_dim = 32
+    task = TaskInfo(3, 8, (1, 4, 4), "image", torch.zeros(8, dtype=torch.long))
+    return SimCLR(backbone, task, proj_hidden=24, proj_dim=8, temperature=temperature)
+
+
+def _views(rows: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 1, 4, 4, generator=gen)
+    return [x + 0.3 * torch.randn(x.shape, generator=gen) for _ in range(2)]
+
+
+def _batch(rows: int = 8, seed: int = 1) -> Batch:
+    return Batch(torch.arange(rows), _views(rows, seed), torch.zeros(rows, dtype=torch.long))
+
+
+def test_projector_is_two_layer_mlp_with_batch_norm() -> None:
+    layers = [type(m) for m in _method().projector]
+    assert layers == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert SimCLR.views == ("contrastive", "contrastive")
+
+
+def test_loss_equals_nt_xent_of_projected_views() -> None:
+    method = _method(temperature=0.3)
+    batch = _batch()
+    loss = method.training_step(batch, INFO)["loss"]
+    a, b = batch.views
+    z_a = method.projector(method.backbone(a))
+    z_b = method.projector(method.backbone(b))
+    want = nt_xent(z_a / z_a.norm(dim=1, keepdim=True), z_b / z_b.norm(dim=1, keepdim=True), 0.3)
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert all(p.grad is not None for p in method.optim_parameters())
+
+
+def test_loss_decreases_on_fixed_batch() -> None:
+    method = _method()
+    batch = _batch(rows=16)
+    optimizer = torch.optim.SGD(method.optim_parameters(), lr=0.2, momentum=0.9)
+    losses = []
+    for _ in range(25):
+        loss = method.training_step(batch, INFO)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(INFO)
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+def test_bad_temperature_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        _method(temperature=0.0)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        method = _method()
+        views = _views(4, seed=50 + rank)
+        method.training_step(Batch(torch.arange(4), views, torch.zeros(4)), INFO)["loss"].backward()
+        grads = [p.grad.clone() for p in method.optim_parameters()]
+        for g in grads:  # what DDP does: average the gradients over ranks
+            dist.all_reduce(g)
+            g /= WORLD
+        torch.save(grads, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gradient_equals_single_process_gradient_of_global_loss(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    # Reference: one process, each rank's views projected separately (per-rank BN
+    # statistics), NT-Xent over the concatenation of all ranks' projections.
+    method = _method()
+    parts = [[method.project(v) for v in _views(4, seed=50 + r)] for r in range(WORLD)]
+    z_a = torch.cat([p[0] for p in parts])
+    z_b = torch.cat([p[1] for p in parts])
+    nt_xent(z_a, z_b, 0.5).backward()
+    want = [p.grad for p in method.optim_parameters()]
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
+
+
+def test_method_config_builds_and_runs_on_tiny_data() -> None:
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs/method/simclr.yaml")
+    assert cfg.eval.select_metric == "val/knn_top1" and cfg.eval.knn.enabled
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 32))
+    backbone.out_dim = 32
+    task = TaskInfo(3, 8, (1, 4, 4), "image", torch.zeros(8, dtype=torch.long))
+    method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=task)
+    assert isinstance(method, SimCLR) and method.temperature == 0.5
+    assert torch.isfinite(method.training_step(_batch(), INFO)["loss"])
