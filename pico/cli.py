@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pico.engine.checkpoint import load_checkpoint
@@ -75,8 +76,14 @@ def run_evaluation(checkpoint: str | Path, device: str = "auto") -> dict[str, fl
     exp.method.load_state_dict(state["method"])
     exp.method.to(exp.device)
     metrics = exp.evaluator(exp.method)
-    out = path.parent.parent / "eval.json" if path.parent.name == "checkpoints" else path.with_suffix(".eval.json")
-    out.write_text(json.dumps({"checkpoint": str(path), "epoch": state["epoch"], **metrics}, indent=2))
+    out = (
+        path.parent.parent / "eval.json"
+        if path.parent.name == "checkpoints"
+        else path.with_suffix(".eval.json")
+    )
+    out.write_text(
+        json.dumps({"checkpoint": str(path), "epoch": state["epoch"], **metrics}, indent=2)
+    )
     print(format_table({f"epoch {state['epoch']}": metrics}))
     print(f"\nwritten {out}")
     return metrics
@@ -85,6 +92,8 @@ def run_evaluation(checkpoint: str | Path, device: str = "auto") -> dict[str, fl
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> None:
     """``pico-train``: train any method on any data, chosen by config overrides."""
+    # single runs write to run_dir; multirun jobs to their own sweep subdirectory
+    cfg.run_dir = HydraConfig.get().runtime.output_dir
     run_training(cfg)
 
 

@@ -56,9 +56,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"augmentation config has no recipe {missing} needed by the method "
             f"(it has {sorted(cfg.aug)}); add them to the aug config or pick another aug=..."
         )
-    augmenters = {
-        name: build_augment(cfg.aug[name], bundle.mean, bundle.std) for name in recipes
-    }
+    augmenters = {name: build_augment(cfg.aug[name], bundle.mean, bundle.std) for name in recipes}
     device = resolve_device(cfg.trainer.device)
     for augmenter in augmenters.values():
         augmenter.to(device)

@@ -15,8 +15,6 @@ def make_config(tmp_path):
 
     def make(*overrides: str, run_dir: str = "run"):
         with initialize_config_module("pico.configs", version_base="1.3"):
-            return compose(
-                "train", overrides=[*TINY, f"run_dir={tmp_path / run_dir}", *overrides]
-            )
+            return compose("train", overrides=[*TINY, f"run_dir={tmp_path / run_dir}", *overrides])
 
     return make

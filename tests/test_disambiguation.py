@@ -1,3 +1,5 @@
+import itertools
+
 import torch
 
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
@@ -7,7 +9,7 @@ def test_phi_schedule_endpoints_and_linear():
     values = [phi_schedule(e, 5, 0.95, 0.8) for e in range(5)]
     assert values[0] == 0.95
     assert abs(values[-1] - 0.8) < 1e-12
-    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(values)]
     assert max(steps) - min(steps) < 1e-12
 
 

@@ -16,8 +16,12 @@ def test_topk_against_loop():
     logits = torch.randn(50, 7, generator=gen)
     targets = torch.randint(0, 7, (50,), generator=gen)
     for k in (1, 3):
-        ref = np.mean([int(t) in logits[i].argsort(descending=True)[:k].tolist()
-                       for i, t in enumerate(targets)])
+        ref = np.mean(
+            [
+                int(t) in logits[i].argsort(descending=True)[:k].tolist()
+                for i, t in enumerate(targets)
+            ]
+        )
         assert abs(topk_accuracy(logits, targets, k) - ref) < 1e-6
 
 

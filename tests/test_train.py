@@ -35,9 +35,7 @@ def test_pico_eval_recomputes_final_metrics(make_config, tmp_path):
     assert (tmp_path / "run" / "eval.json").is_file()
 
 
-@pytest.mark.parametrize(
-    "method", ["pico", "moco", "proden", "supervised"]
-)
+@pytest.mark.parametrize("method", ["pico", "moco", "proden", "supervised"])
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, tmp_path, method):
     extra = ["method.queue_size=200"] if method in ("pico", "moco") else []
     if method == "pico":

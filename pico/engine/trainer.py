@@ -168,8 +168,10 @@ class Trainer:
                         state["step"],
                     )
             state["epoch"] = epoch + 1
-            record = {"epoch": epoch + 1, **{f"train/{k}": v.item() / steps_per_epoch
-                                             for k, v in sums.items()}}
+            record = {
+                "epoch": epoch + 1,
+                **{f"train/{k}": v.item() / steps_per_epoch for k, v in sums.items()},
+            }
             last_epoch = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
                 record.update(evaluator(method))
@@ -177,9 +179,10 @@ class Trainer:
             logger.scalars({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
             if self.main and ((epoch + 1) % cfg.figure_every == 0 or last_epoch):
                 self._figures(logger, evaluator, method, bundle, state["history"], epoch + 1)
+            # ties go to the later epoch: same validation score, more training
             improved = select_metric in record and (
                 state["best"] is None
-                or sign * record[select_metric] > sign * state["best"][select_metric]
+                or sign * record[select_metric] >= sign * state["best"][select_metric]
             )
             if improved:
                 state["best"] = record

@@ -8,4 +8,11 @@ from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
 from pico.models.resnet import cifar_resnet, imagenet_resnet
 
-__all__ = ["MLPEncoder", "SmallConvNet", "build_backbone", "cifar_resnet", "imagenet_resnet", "mlp_head"]
+__all__ = [
+    "MLPEncoder",
+    "SmallConvNet",
+    "build_backbone",
+    "cifar_resnet",
+    "imagenet_resnet",
+    "mlp_head",
+]

@@ -57,7 +57,9 @@ class PiCO(ClassifierMethod):
         self.head = mlp_head(backbone.out_dim, hidden, proj_dim, num_layers=2)
         self.key_backbone = momentum_copy(self.backbone)
         self.key_head = momentum_copy(self.head)
-        self.queue = FeatureQueue(queue_size_for(queue_size, task.num_train), proj_dim, columns={"label": torch.long})
+        self.queue = FeatureQueue(
+            queue_size_for(queue_size, task.num_train), proj_dim, columns={"label": torch.long}
+        )
         self.register_buffer("candidates", candidates)
         self.register_buffer("confidence", uniform_confidence(candidates))
         self.register_buffer("prototypes", torch.zeros(task.num_classes, proj_dim))

@@ -1,0 +1,42 @@
+"""The console scripts, run as a user would (subprocesses, from another folder)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TINY = ["trainer.epochs=1", "trainer.progress=false", "model.widths=[8,16,16]"]
+
+
+def run(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_pico_train_and_eval_console_scripts(tmp_path):
+    out = run([BIN / "pico-train", *TINY, f"run_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test/top1" in out.stdout and "best checkpoint chosen by val/approx_acc" in out.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    out = run([BIN / "pico-eval", f"checkpoint={ckpt}", "device=cpu"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert 0 <= metrics["test/top1"] <= 1
+
+
+def test_multirun_gives_each_job_its_own_directory(tmp_path):
+    out = run(
+        [
+            BIN / "pico-train",
+            "-m",
+            *TINY,
+            "method=proden,supervised",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
