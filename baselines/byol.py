@@ -54,9 +54,6 @@ class BYOL(Method):
         self.target_projector = momentum_copy(self.projector)
         self.base_momentum = base_momentum
 
-    def backbone_module(self) -> nn.Module:
-        return self.backbone
-
     def _online(self, x: Tensor) -> Tensor:
         return self.predictor(self.projector(self.backbone(x)))
 

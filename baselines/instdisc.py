@@ -71,14 +71,15 @@ class InstDisc(Method):
         self._log_z_checked = False
         self._pending: tuple[Tensor, Tensor] | None = None
 
-    def backbone_module(self) -> nn.Module:
-        return self.backbone
-
     def embed_views(self, x: Tensor) -> Tensor:
         """L2-normalised float32 embeddings ``v`` of a batch of views."""
         return F.normalize(self.head(self.backbone(x)).float(), dim=1)
 
-    def bank_features(self) -> Tensor:
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        return self.embed_views(x)
+
+    def knn_bank(self) -> Tensor:
         """The memory bank, ``(N, proj_dim)`` L2-normalised; row i is train row i."""
         return self.memory_bank
 

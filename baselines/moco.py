@@ -47,9 +47,6 @@ class MoCo(Method):
         self.temperature = temperature
         self.symmetric = symmetric
 
-    def backbone_module(self) -> nn.Module:
-        return self.backbone
-
     def _query(self, x: Tensor) -> Tensor:
         return F.normalize(self.head(self.backbone(x)), dim=1)
 

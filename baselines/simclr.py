@@ -40,9 +40,6 @@ class SimCLR(Method):
         )
         self.temperature = temperature
 
-    def backbone_module(self) -> nn.Module:
-        return self.backbone
-
     def project(self, x: Tensor) -> Tensor:
         """L2-normalised projection of a batch of views."""
         return F.normalize(self.projector(self.backbone(x)), dim=1)

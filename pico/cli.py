@@ -1,4 +1,4 @@
-"""Command-line entry points: ``pico-train`` and ``pico-eval`` (Hydra)."""
+"""Command-line entry points: ``pico-train``, ``pico-eval`` and ``pico-export`` (Hydra)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pico.engine.checkpoint import load_checkpoint
+from pico.engine.checkpoint import load_checkpoint, save_checkpoint
 from pico.engine.trainer import Trainer
+from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
+from pico.models.transfer import backbone_state
 
 log = logging.getLogger("pico")
 
 CONFIG_PATH = "pkg://pico.configs"
+EVAL_PARTS = {
+    "all": {"classifier", "knn", "linear"},
+    "classifier": {"classifier"},
+    "prototype": {"classifier"},
+    "knn": {"knn"},
+    "linear": {"linear"},
+}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -66,8 +75,18 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def run_evaluation(checkpoint: str | Path, device: str = "auto") -> dict[str, float]:
-    """Rebuild the run of ``checkpoint`` from its stored config and evaluate it."""
+def run_evaluation(
+    checkpoint: str | Path, device: str = "auto", parts: str = "all"
+) -> dict[str, float]:
+    """Rebuild the run of ``checkpoint`` from its stored config and evaluate it.
+
+    ``parts`` is ``all`` or one of ``classifier`` (classifier head and label-free metrics),
+    ``prototype`` (the same, for prototype accuracy), ``knn`` or ``linear``. ``all`` also
+    writes the t-SNE figure ``embedding.png``. Results go to ``eval.json`` in the run
+    directory (beside ``checkpoints/``).
+    """
+    if parts not in EVAL_PARTS:
+        raise ValueError(f"eval={parts} is unknown; choose one of {sorted(EVAL_PARTS)}")
     path = Path(checkpoint)
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
@@ -75,18 +94,25 @@ def run_evaluation(checkpoint: str | Path, device: str = "auto") -> dict[str, fl
     exp = build_experiment(cfg)
     exp.method.load_state_dict(state["method"])
     exp.method.to(exp.device)
-    metrics = exp.evaluator(exp.method)
-    out = (
-        path.parent.parent / "eval.json"
-        if path.parent.name == "checkpoints"
-        else path.with_suffix(".eval.json")
-    )
-    out.write_text(
-        json.dumps({"checkpoint": str(path), "epoch": state["epoch"], **metrics}, indent=2)
-    )
+    metrics = exp.evaluator.evaluate(exp.method, EVAL_PARTS[parts])
+    out_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if parts == "all":
+        figure = exp.evaluator.embedding(exp.method)
+        print(f"written {save_embedding_png(figure, out_dir / 'embedding.png')}")
+    out = out_dir / "eval.json"
+    record = {"checkpoint": str(path), "epoch": state["epoch"], "eval": parts, **metrics}
+    out.write_text(json.dumps(record, indent=2))
     print(format_table({f"epoch {state['epoch']}": metrics}))
     print(f"\nwritten {out}")
     return metrics
+
+
+def run_export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Save the backbone of ``checkpoint`` alone, as a plain state dict."""
+    state = backbone_state(checkpoint)
+    save_checkpoint(state, out)
+    print(f"written {out}: {len(state)} tensors of the backbone")
+    return Path(out)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
@@ -99,5 +125,11 @@ def train(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
 def evaluate(cfg: DictConfig) -> None:
-    """``pico-eval checkpoint=PATH``: recompute every metric of a saved run."""
-    run_evaluation(cfg.checkpoint, cfg.device)
+    """``pico-eval checkpoint=PATH [eval=all|classifier|prototype|knn|linear]``."""
+    run_evaluation(cfg.checkpoint, cfg.device, cfg.eval)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")
+def export(cfg: DictConfig) -> None:
+    """``pico-export checkpoint=PATH out=FILE``: the backbone as a plain state dict."""
+    run_export(cfg.checkpoint, cfg.out)

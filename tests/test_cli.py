@@ -24,6 +24,10 @@ def test_pico_train_and_eval_console_scripts(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0 <= metrics["test/top1"] <= 1
+    assert (tmp_path / "run" / "embedding.png").is_file()
+    out = run([BIN / "pico-export", f"checkpoint={ckpt}", "out=backbone.pt"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "backbone.pt").is_file()
 
 
 def test_multirun_gives_each_job_its_own_directory(tmp_path):

@@ -50,7 +50,7 @@ def test_defaults_pick_exact_for_small_data_and_clamp_noise() -> None:
     small = _method(n=12, exact=False, num_noise=4096)
     assert small.num_noise == 12
     assert InstDisc.views == ("contrastive",)
-    bank = small.bank_features()
+    bank = small.knn_bank()
     assert bank.shape == (12, 8)
     torch.testing.assert_close(bank.norm(dim=1), torch.ones(12))
     state = small.state_dict()

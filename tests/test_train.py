@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from pico.cli import run_evaluation, run_training
+from pico.cli import run_evaluation, run_export, run_training
 from pico.engine.checkpoint import load_checkpoint
+from pico.experiment import build_experiment
 
 
 def test_pico_run_writes_checkpoints_events_and_metrics(make_config, tmp_path):
@@ -56,3 +57,56 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert a["history"] == b["history"]
+
+
+def test_export_and_init_from_hand_over_the_backbone(make_config, tmp_path):
+    run_training(make_config("method=moco", "trainer.epochs=1", "method.queue_size=128"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    exported = run_export(ckpt, tmp_path / "backbone.pt")
+    state = torch.load(exported, weights_only=True)
+    moco = load_checkpoint(ckpt)["method"]
+    assert state.keys() == {k.removeprefix("backbone.") for k in moco if k.startswith("backbone.")}
+    for source in (ckpt, exported):
+        cfg = make_config("method=pico", f"model.init_from={source}")
+        exp = build_experiment(cfg)
+        for key, value in exp.method.backbone.state_dict().items():
+            assert torch.equal(value, state[key]), key
+
+
+def test_init_from_with_another_architecture_is_refused(make_config, tmp_path):
+    run_training(make_config("method=supervised", "trainer.epochs=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    cfg = make_config("method=pico", f"model.init_from={ckpt}", "model.widths=[8,16,32]")
+    with pytest.raises(ValueError, match=r"does not fit this backbone.*shape mismatch"):
+        build_experiment(cfg)
+
+
+def test_unsupervised_run_reports_knn_linear_probe_and_embedding(make_config, tmp_path):
+    result = run_training(make_config("method=instdisc", "trainer.epochs=1"))
+    final = result["final"]
+    for key in ("val/knn_top1", "test/knn_top1", "test/linear_top1"):
+        assert 0.0 <= final[key] <= 1.0
+    assert (tmp_path / "run" / "embedding.png").stat().st_size > 10_000
+
+
+def test_pico_eval_parts(make_config, tmp_path):
+    cfg = make_config(
+        "method=pico", "trainer.epochs=1", "method.queue_size=128", "trainer.embedding_figure=false"
+    )
+    run_training(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    expected = {
+        "knn": {"val/knn_top1", "test/knn_top1"},
+        "linear": {"test/linear_top1"},
+        "classifier": {"test/top1", "test/proto_acc", "val/approx_acc", "train/disamb_acc"},
+    }
+    for part, keys in expected.items():
+        got = set(run_evaluation(last, "cpu", part))
+        assert keys <= got
+        assert not got & (set().union(*expected.values()) - keys)
+        assert not (tmp_path / "run" / "embedding.png").exists()
+    everything = run_evaluation(last, "cpu", "all")
+    assert set().union(*expected.values()) <= set(everything)
+    assert (tmp_path / "run" / "embedding.png").is_file()
+    with pytest.raises(ValueError, match="eval=bogus is unknown"):
+        run_evaluation(last, "cpu", "bogus")

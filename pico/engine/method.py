@@ -82,8 +82,12 @@ class Method(nn.Module):
         """Called after each optimizer step (momentum encoders, memory banks)."""
 
     def backbone_module(self) -> nn.Module:
-        """The encoder whose pooled features are evaluated (kNN, linear probe)."""
-        raise NotImplementedError
+        """The encoder whose pooled features are evaluated (kNN, linear probe, export).
+
+        By convention every method keeps its online encoder in ``self.backbone``; this is
+        what ``model.init_from`` and ``pico-export`` read from a checkpoint.
+        """
+        return self.backbone
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
@@ -98,6 +102,11 @@ class Method(nn.Module):
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor | None:
         """L2-normalised embeddings in the prototype space, or ``None``."""
+        return None
+
+    def knn_bank(self) -> Tensor | None:
+        """(N, D) training-set embeddings in the :meth:`embed` space kept by the method
+        (e.g. a memory bank), used by the kNN monitor instead of recomputing features."""
         return None
 
     def class_prototypes(self) -> Tensor | None:

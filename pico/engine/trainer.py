@@ -22,6 +22,7 @@ from pico.engine.loader import TensorLoader
 from pico.engine.logger import RunLogger
 from pico.engine.method import Batch, Method, StepInfo
 from pico.engine.optim import build_optimizer, warmup_cosine
+from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
 from pico.eval.plots import confusion_figure, curve_figure
 
@@ -174,11 +175,15 @@ class Trainer:
             }
             last_epoch = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
-                record.update(evaluator(method))
+                record.update(evaluator(method, final=last_epoch))
             state["history"].append(record)
             logger.scalars({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
             if self.main and ((epoch + 1) % cfg.figure_every == 0 or last_epoch):
                 self._figures(logger, evaluator, method, bundle, state["history"], epoch + 1)
+            if self.main and last_epoch and cfg.embedding_figure:
+                figure = evaluator.embedding(method)
+                save_embedding_png(figure, self.run_dir / "embedding.png")
+                logger.figure("test/embedding", figure, epoch + 1)
             # ties go to the later epoch: same validation score, more training
             improved = select_metric in record and (
                 state["best"] is None

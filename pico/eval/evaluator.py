@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import torch
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor
 
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle, Split
 from pico.engine.method import Method
+from pico.eval.embedding import embedding_figure
 from pico.eval.features import collect
 from pico.eval.knn import knn_predict
+from pico.eval.linear import linear_probe
 from pico.eval.metrics import (
     approximated_accuracy,
     confusion_matrix,
@@ -18,15 +21,17 @@ from pico.eval.metrics import (
     topk_accuracy,
 )
 
+PARTS = ("classifier", "knn", "linear")
+
 
 class Evaluator:
     """Computes every metric that applies to a method.
 
     Classifier top-1/top-5 where true labels are known; covering rate and approximated
     accuracy where a split carries candidate sets (label-free, usable for model
-    selection); nearest-prototype accuracy; weighted kNN on backbone features; and the
-    share of training rows whose disambiguated label is the true one. Keys look like
-    ``"test/top1"`` or ``"val/approx_acc"``.
+    selection); nearest-prototype accuracy; weighted kNN on backbone features; the share
+    of training rows whose disambiguated label is the true one; a linear probe on frozen
+    features and a t-SNE figure. Keys look like ``"test/top1"`` or ``"val/approx_acc"``.
     """
 
     def __init__(
@@ -41,18 +46,36 @@ class Evaluator:
         return collect(fn, split.inputs, self.preprocess, self.device, self.cfg.batch_size)
 
     @torch.no_grad()
-    def __call__(self, method: Method) -> dict[str, float]:
-        """All metrics of ``method`` (switched to eval mode for the duration)."""
+    def __call__(self, method: Method, final: bool = False) -> dict[str, float]:
+        """Per-epoch metrics; the kNN monitor when enabled; the linear probe when ``final``
+        and ``eval.linear_probe`` is set."""
+        parts = {"classifier"}
+        if self.cfg.knn.enabled:
+            parts.add("knn")
+        if final and self.cfg.linear_probe:
+            parts.add("linear")
+        return self.evaluate(method, parts)
+
+    @torch.no_grad()
+    def evaluate(self, method: Method, parts: set[str]) -> dict[str, float]:
+        """Metrics of the named ``parts``: ``classifier`` (classifier head, prototypes,
+        label-free and disambiguation metrics), ``knn`` and ``linear``."""
+        unknown = parts - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown evaluation {sorted(unknown)}; choose from {PARTS}")
         was_training = method.training
         method.eval()
         try:
             metrics: dict[str, float] = {}
-            for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
-                if len(split):
-                    metrics.update(self._split_metrics(method, name, split))
-            metrics.update(self._disambiguation(method))
-            if self.cfg.knn.enabled:
+            if "classifier" in parts:
+                for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
+                    if len(split):
+                        metrics.update(self._split_metrics(method, name, split))
+                metrics.update(self._disambiguation(method))
+            if "knn" in parts:
                 metrics.update(self._knn(method))
+            if "linear" in parts:
+                metrics.update(self._linear(method))
             return metrics
         finally:
             method.train(was_training)
@@ -86,22 +109,47 @@ class Evaluator:
         return {"train/disamb_acc": (estimate.to(self.device) == targets).float().mean().item()}
 
     def _knn(self, method: Method) -> dict[str, float]:
-        train = self._run(method.features, self.bundle.train)
+        """Weighted kNN from the training rows; a method's own bank (e.g. InstDisc's memory)
+        replaces recomputed training features, queried in its embedding space."""
+        bank = method.knn_bank()
+        features = method.embed if bank is not None else method.features
+        train = bank if bank is not None else self._run(method.features, self.bundle.train)
         labels = self.bundle.train.targets.to(self.device)
         out: dict[str, float] = {}
         for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
             if not len(split):
                 continue
             scores = knn_predict(
-                train,
+                train.to(self.device),
                 labels,
-                self._run(method.features, split),
+                self._run(features, split),
                 self.bundle.num_classes,
                 k=self.cfg.knn.k,
                 temperature=self.cfg.knn.temperature,
             )
             out[f"{name}/knn_top1"] = topk_accuracy(scores, split.targets.to(self.device), 1)
         return out
+
+    def _linear(self, method: Method) -> dict[str, float]:
+        """Linear probe: logistic regression on frozen backbone features, train -> test."""
+        result = linear_probe(
+            self._run(method.features, self.bundle.train),
+            self.bundle.train.targets.to(self.device),
+            self._run(method.features, self.bundle.test),
+            self.bundle.test.targets.to(self.device),
+        )
+        return {"test/linear_top1": result["linear_top1"]}
+
+    @torch.no_grad()
+    def embedding(self, method: Method) -> Figure:
+        """t-SNE of the test split's backbone features, coloured by class."""
+        was_training = method.training
+        method.eval()
+        try:
+            features = self._run(method.features, self.bundle.test)
+        finally:
+            method.train(was_training)
+        return embedding_figure(features, self.bundle.test.targets, self.bundle.class_names)
 
     @torch.no_grad()
     def test_confusion(self, method: Method) -> Tensor | None:

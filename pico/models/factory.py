@@ -10,6 +10,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from pico.models.transfer import load_backbone_
+
 #: the constructor argument that receives the input size, per data kind
 _SIZE_ARG = {"image": "in_channels", "tabular": "in_dim"}
 _FIX = {
@@ -40,7 +42,8 @@ def build_backbone(
     (``kind="tabular"``, shape (D,)) passes ``in_dim=D``; these override any value in the
     config. The backbone kind is read from the target's signature (``in_channels`` means
     image, ``in_dim`` tabular), so a mismatch fails before anything is built. The result
-    must expose an integer ``out_dim`` (feature size).
+    must expose an integer ``out_dim`` (feature size). An ``init_from`` key (a checkpoint
+    of any method, or a plain state dict) loads pretrained backbone weights.
     """
     if kind not in _SIZE_ARG:
         raise ValueError(f"data kind must be 'image' or 'tabular', got {kind!r}")
@@ -50,8 +53,10 @@ def build_backbone(
             f"{kind} data needs an input shape with {expected_ndim} dimension(s) "
             f"({'(C, H, W)' if kind == 'image' else '(D,)'}), got {tuple(input_shape)}"
         )
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
+    cfg = OmegaConf.create(
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
+    init_from = cfg.pop("init_from", None)
     target_name = cfg.get("_target_")
     if not target_name:
         raise ValueError(
@@ -76,4 +81,6 @@ def build_backbone(
             f"backbone {target_name} has no integer attribute 'out_dim'; set it to the size "
             "of the features the backbone returns"
         )
+    if init_from:
+        load_backbone_(model, init_from)
     return model

@@ -18,9 +18,6 @@ class ClassifierMethod(Method):
         self.classifier = nn.Linear(backbone.out_dim, task.num_classes)
         self.num_classes = task.num_classes
 
-    def backbone_module(self) -> nn.Module:
-        return self.backbone
-
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
         return self.classifier(self.backbone(x))
