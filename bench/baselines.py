@@ -1,0 +1,205 @@
+"""Unsupervised baselines on digits: kNN and linear-probe test accuracy against two floors.
+
+For each method and seed this trains ``pico-train method=M data=digits`` (one subprocess
+at a time unless ``--parallel``) and reads its ``metrics.json``: kNN test accuracy of the
+last epoch (``final``) and of the checkpoint chosen by validation kNN (``selected``), the
+linear probe of the last epoch, and the wall time of the run. Two reference points use
+the very same splits (the composed ``train`` config, ``pico.data.sources.load_data``):
+
+* raw pixels: the test recipe's normalisation, flattened;
+* random init: the configured backbone built after ``torch.manual_seed(seed)`` exactly as
+  a run builds it, in eval mode, pooled backbone features.
+
+Both are scored with :func:`pico.eval.knn.knn_predict` (k and temperature from
+``configs/eval/default.yaml``) and with :func:`pico.eval.linear.linear_probe`.
+
+Example:
+    python bench/baselines.py                              # all four methods, seed 0
+    python bench/baselines.py --methods moco byol --seeds 0 1 --record
+    python bench/baselines.py --methods simclr --common "trainer.epochs=50"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from pico.data.augment import build_augment
+from pico.data.sources import load_data
+from pico.eval.features import collect
+from pico.eval.knn import knn_predict
+from pico.eval.linear import linear_probe
+from pico.eval.metrics import topk_accuracy
+from pico.models.factory import build_backbone
+
+BENCH = Path(__file__).resolve().parent
+TRAIN = Path(sys.executable).parent / "pico-train"
+METHODS = ("moco", "simclr", "byol", "instdisc")
+
+
+def compose_config(seed: int, overrides: list[str]) -> DictConfig:
+    """The ``train`` config of a digits run with ``seed`` and extra ``overrides``."""
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        return compose("train", overrides=["data=digits", f"seed={seed}", *overrides])
+
+
+def references(seed: int, overrides: list[str]) -> dict[str, dict[str, float]]:
+    """kNN and linear-probe test accuracy of raw pixels and of the random-init backbone."""
+    cfg = compose_config(seed, overrides)
+    torch.manual_seed(seed)  # as pico.cli.run_training does before building anything
+    bundle = load_data(cfg.data)
+    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind).eval()
+    preprocess = build_augment(cfg.aug.test, bundle.mean, bundle.std)
+    device = torch.device("cpu")
+    train_y, test_y = bundle.train.targets, bundle.test.targets
+    out = {}
+    for name, fn in (("raw pixels", lambda x: x.flatten(1)), ("random init", backbone)):
+        train = collect(fn, bundle.train.inputs, preprocess, device)
+        test = collect(fn, bundle.test.inputs, preprocess, device)
+        scores = knn_predict(
+            train,
+            train_y,
+            test,
+            bundle.num_classes,
+            k=cfg.eval.knn.k,
+            temperature=cfg.eval.knn.temperature,
+        )
+        out[name] = {
+            "knn": topk_accuracy(scores, test_y, 1),
+            "linear": linear_probe(train, train_y, test, test_y)["linear_top1"],
+        }
+    return out
+
+
+def train(method: str, seed: int, common: list[str], run_dir: Path, threads: int) -> dict:
+    """One ``pico-train`` run; its ``metrics.json`` with the wall time added."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    args = [
+        str(TRAIN),
+        f"method={method}",
+        "data=digits",
+        f"seed={seed}",
+        f"run_dir={run_dir}",
+        "trainer.progress=false",
+        *common,
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def pct(values: list[float]) -> str:
+    """Fractions as percent, ``mean ± std`` over seeds (std omitted for one value)."""
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(refs: list[dict], results: dict[str, list[dict]]) -> str:
+    """Markdown table: reference points first, then one row per method."""
+    lines = [
+        "| method | kNN test, last epoch (%) | kNN test, selected on val (%) "
+        "| linear probe test (%) | seconds / run |",
+        "|---|---|---|---|---|",
+    ]
+    for name in refs[0]:
+        knn = pct([r[name]["knn"] for r in refs])
+        lines.append(f"| {name} | {knn} | - | {pct([r[name]['linear'] for r in refs])} | - |")
+    for method, runs in results.items():
+        cells = [
+            pct([r["final"]["test/knn_top1"] for r in runs]),
+            pct([r["best"]["test/knn_top1"] for r in runs]),
+            pct([r["final"]["test/linear_top1"] for r in runs]),
+            f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}",
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine(threads: int, parallel: int) -> str:
+    """CPU model and core count, torch version and threading of the runs."""
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{model} ({os.cpu_count()} logical cores), torch {torch.__version__}, Python "
+        f"{platform.python_version()}; {parallel} run(s) at a time, {threads} thread(s) each"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--common", default="", help="Hydra overrides added to every run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    parser.add_argument(
+        "--out", type=Path, default=BENCH / "runs", help="run directories go to OUT/<time>/"
+    )
+    parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    common = shlex.split(args.common)
+    refs = [references(seed, common) for seed in args.seeds]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    jobs = [
+        (method, seed, args.out / stamp / f"{method}_seed{seed}")
+        for method in args.methods
+        for seed in args.seeds
+    ]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        metrics = list(
+            pool.map(lambda job: train(job[0], job[1], common, job[2], args.threads), jobs)
+        )
+    results: dict[str, list[dict]] = {method: [] for method in args.methods}
+    for (method, _, _), result in zip(jobs, metrics, strict=True):
+        results[method].append(result)
+
+    command = "python bench/baselines.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = (
+        f"\n## Unsupervised baselines on digits, {datetime.now():%Y-%m-%d %H:%M}\n\n"
+        f"`pico-train method=M data=digits` with each method's defaults; kNN k=20 on backbone "
+        f"features (InstDisc: its memory bank); linear probe after the last epoch.\n\n"
+        f"- machine: {machine(args.threads, args.parallel)}\n"
+        f"- seeds: {' '.join(map(str, args.seeds))}; common overrides: "
+        f"`{args.common or '(none)'}`\n- command: `{command}`\n\n{table(refs, results)}\n"
+    )
+    print(text)
+    if args.record:
+        with open(BENCH / "RESULTS.md", "a") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
