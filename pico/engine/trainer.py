@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,26 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@dataclass
+class _Run:
+    """Everything one call of :meth:`Trainer.fit` works with."""
+
+    method: Method
+    bundle: DataBundle
+    augmenters: dict[str, BatchAugment]
+    evaluator: Evaluator
+    loader: TensorLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    logger: RunLogger
+    generator: torch.Generator
+    state: dict[str, Any]
+    select_metric: str = ""
+    select_sign: float = 1.0
+    config_yaml: str = ""
+    images_seen: int = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,6 +112,37 @@ class Trainer:
         resume: str | None = None,
     ) -> dict[str, Any]:
         """Train for ``cfg.epochs`` epochs and return final and best metrics."""
+        run = self._setup(method, bundle, augmenters, evaluator, resume)
+        run.select_metric = select_metric
+        run.select_sign = 1.0 if select_mode == "max" else -1.0
+        run.config_yaml = config_yaml
+        started = time.perf_counter()
+        for epoch in range(run.state["epoch"], self.cfg.epochs):
+            sums = self._train_epoch(run, epoch)
+            self._end_epoch(run, epoch, sums)
+        run.logger.close()
+        elapsed = time.perf_counter() - started
+        result = {
+            "final": run.state["history"][-1] if run.state["history"] else {},
+            "best": run.state["best"],
+            "select_metric": select_metric,
+            "train_seconds": elapsed,
+            "images_per_second": run.images_seen / elapsed if elapsed > 0 else 0.0,
+            "history": run.state["history"],
+        }
+        if self.main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    def _setup(
+        self,
+        method: Method,
+        bundle: DataBundle,
+        augmenters: dict[str, BatchAugment],
+        evaluator: Evaluator,
+        resume: str | None,
+    ) -> _Run:
+        """Place the method, build loader, optimizer and schedule, restore a checkpoint."""
         cfg = self.cfg
         method.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last and bundle.kind == "image":
@@ -106,15 +158,13 @@ class Trainer:
             rank=get_rank(),
             world_size=get_world_size(),
         )
-        steps_per_epoch = len(loader)
         optimizer = build_optimizer(method.optim_parameters(), cfg.optimizer)
         scheduler = warmup_cosine(
             optimizer,
-            warmup_steps=round(cfg.lr_warmup_epochs * steps_per_epoch),
-            total_steps=cfg.epochs * steps_per_epoch,
+            warmup_steps=round(cfg.lr_warmup_epochs * len(loader)),
+            total_steps=cfg.epochs * len(loader),
             final_ratio=cfg.final_lr_ratio,
         )
-        sign = 1.0 if select_mode == "max" else -1.0
         state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "history": []}
         path = self.resume_path(resume)
         if path is not None:
@@ -125,97 +175,96 @@ class Trainer:
             torch.set_rng_state(ckpt["rng_cpu"])
             state = {k: ckpt[k] for k in ("epoch", "step", "best", "history")}
             log.info("resumed from %s at epoch %d", path, state["epoch"])
+        return _Run(
+            method=method,
+            bundle=bundle,
+            augmenters=augmenters,
+            evaluator=evaluator,
+            loader=loader,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            logger=RunLogger(self.run_dir, enabled=self.main),
+            generator=torch.Generator(device=self.device),
+            state=state,
+        )
 
-        logger = RunLogger(self.run_dir, enabled=self.main)
-        gen = torch.Generator(device=self.device)
-        started = time.perf_counter()
-        images_seen = 0
-        for epoch in range(state["epoch"], cfg.epochs):
-            method.train()
-            info = StepInfo(epoch, state["step"], cfg.epochs, steps_per_epoch)
-            method.on_epoch_start(info)
-            gen.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + get_rank())
-            sums: dict[str, torch.Tensor] = {}
-            epoch_start = time.perf_counter()
-            bar = tqdm(
-                loader.epoch(epoch),
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not (self.main and cfg.progress),
-                leave=False,
-            )
-            for i, (index, inputs, targets) in enumerate(bar):
-                info = StepInfo(epoch, state["step"], cfg.epochs, steps_per_epoch)
-                batch = Batch(index, self._views(method, augmenters, inputs, gen), targets)
-                with self._autocast():
-                    terms = method.training_step(batch, info)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
-                scheduler.step()
-                method.after_optimizer_step(info)
-                state["step"] += 1
-                images_seen += len(index)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0) + value.detach().float()
-                if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                    means = {k: v.item() / (i + 1) for k, v in sums.items()}
-                    self._check_finite(means, state["step"])
-                    rate = len(index) * (i + 1) / (time.perf_counter() - epoch_start)
-                    bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
-                    logger.scalars({f"train/{k}": v for k, v in means.items()}, state["step"])
-                    logger.scalars(
-                        {"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": rate},
-                        state["step"],
-                    )
-            state["epoch"] = epoch + 1
-            record = {
-                "epoch": epoch + 1,
-                **{f"train/{k}": v.item() / steps_per_epoch for k, v in sums.items()},
-            }
-            last_epoch = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
-                record.update(evaluator(method, final=last_epoch))
-            state["history"].append(record)
-            logger.scalars({k: v for k, v in record.items() if k != "epoch"}, epoch + 1)
-            if self.main and ((epoch + 1) % cfg.figure_every == 0 or last_epoch):
-                self._figures(logger, evaluator, method, bundle, state["history"], epoch + 1)
-            if self.main and last_epoch and cfg.embedding_figure:
-                figure = evaluator.embedding(method)
-                save_embedding_png(figure, self.run_dir / "embedding.png")
-                logger.figure("test/embedding", figure, epoch + 1)
-            # ties go to the later epoch: same validation score, more training
-            improved = select_metric in record and (
-                state["best"] is None
-                or sign * record[select_metric] >= sign * state["best"][select_metric]
-            )
-            if improved:
-                state["best"] = record
-            if self.main:
-                ckpt = {
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "config": config_yaml,
-                    **state,
-                }
-                self._save(ckpt, epoch + 1, improved)
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-            log.info("epoch %d: %s", epoch + 1, summary)
-        logger.close()
-        elapsed = time.perf_counter() - started
-        result = {
-            "final": state["history"][-1] if state["history"] else {},
-            "best": state["best"],
-            "select_metric": select_metric,
-            "train_seconds": elapsed,
-            "images_per_second": images_seen / elapsed if elapsed > 0 else 0.0,
-            "history": state["history"],
-        }
+    def _train_epoch(self, run: _Run, epoch: int) -> dict[str, torch.Tensor]:
+        """One pass over the training split; returns the summed loss terms."""
+        cfg, method, state = self.cfg, run.method, run.state
+        steps = len(run.loader)
+        method.train()
+        method.on_epoch_start(StepInfo(epoch, state["step"], cfg.epochs, steps))
+        run.generator.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + get_rank())
+        sums: dict[str, torch.Tensor] = {}
+        epoch_start = time.perf_counter()
+        bar = tqdm(
+            run.loader.epoch(epoch),
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (self.main and cfg.progress),
+            leave=False,
+        )
+        for i, (index, inputs, targets) in enumerate(bar):
+            info = StepInfo(epoch, state["step"], cfg.epochs, steps)
+            views = self._views(method, run.augmenters, inputs, run.generator)
+            with self._autocast():
+                terms = method.training_step(Batch(index, views, targets), info)
+            run.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            run.optimizer.step()
+            run.scheduler.step()
+            method.after_optimizer_step(info)
+            state["step"] += 1
+            run.images_seen += len(index)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                # the only host-device synchronisation of the loop
+                means = {k: v.item() / (i + 1) for k, v in sums.items()}
+                self._check_finite(means, state["step"])
+                rate = len(index) * (i + 1) / (time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
+                run.logger.scalars({f"train/{k}": v for k, v in means.items()}, state["step"])
+                lr = run.scheduler.get_last_lr()[0]
+                run.logger.scalars({"train/lr": lr, "train/images_per_s": rate}, state["step"])
+        return sums
+
+    def _end_epoch(self, run: _Run, epoch: int, sums: dict[str, torch.Tensor]) -> None:
+        """Evaluate, log, pick the best epoch and write checkpoints."""
+        cfg, state, done = self.cfg, run.state, epoch + 1
+        state["epoch"] = done
+        steps = len(run.loader)
+        record = {"epoch": done, **{f"train/{k}": v.item() / steps for k, v in sums.items()}}
+        last_epoch = done == cfg.epochs
+        if done % cfg.eval_every == 0 or last_epoch:
+            record.update(run.evaluator(run.method, final=last_epoch))
+        state["history"].append(record)
+        run.logger.scalars({k: v for k, v in record.items() if k != "epoch"}, done)
+        if self.main and (done % cfg.figure_every == 0 or last_epoch):
+            self._figures(run, done)
+        if self.main and last_epoch and cfg.embedding_figure:
+            figure = run.evaluator.embedding(run.method)
+            save_embedding_png(figure, self.run_dir / "embedding.png")
+            run.logger.figure("test/embedding", figure, done)
+        # ties go to the later epoch: same validation score, more training
+        metric, sign = run.select_metric, run.select_sign
+        improved = metric in record and (
+            state["best"] is None or sign * record[metric] >= sign * state["best"][metric]
+        )
+        if improved:
+            state["best"] = record
         if self.main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-        return result
+            ckpt = {
+                "method": run.method.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "config": run.config_yaml,
+                **state,
+            }
+            self._save(ckpt, done, improved)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+        log.info("epoch %d: %s", done, summary)
 
     def _save(self, ckpt: dict[str, Any], epoch: int, improved: bool) -> None:
         """Write ``last.pt``, ``best.pt`` when improved, and keep the newest epoch files."""
@@ -237,10 +286,12 @@ class Trainer:
             )
 
     @staticmethod
-    def _figures(logger, evaluator, method, bundle, history, epoch) -> None:
-        matrix = evaluator.test_confusion(method)
+    def _figures(run: _Run, epoch: int) -> None:
+        matrix = run.evaluator.test_confusion(run.method)
         if matrix is not None:
-            logger.figure("test/confusion", confusion_figure(matrix, bundle.class_names), epoch)
+            figure = confusion_figure(matrix, run.bundle.class_names)
+            run.logger.figure("test/confusion", figure, epoch)
+        history = run.state["history"]
         disamb = [r["train/disamb_acc"] for r in history if "train/disamb_acc" in r]
         if disamb:
-            logger.figure("train/disambiguation", curve_figure(disamb, "disambiguation"), epoch)
+            run.logger.figure("train/disambiguation", curve_figure(disamb, "disambiguation"), epoch)
