@@ -28,8 +28,8 @@ class InstDisc(Method):
     * NCE (:func:`~pico.core.nce.nce_loss`) against ``num_noise`` slots drawn uniformly
       with replacement on the device; the normaliser Z is estimated once, on the first
       step (:func:`~pico.core.nce.estimate_log_z`, averaged over ranks), and then kept
-      in the ``log_z`` buffer (NaN until then). ``num_noise`` is clamped to N, so small
-      data sets never draw more noise slots than there are examples.
+      in the ``log_z`` buffer (``log_z_known`` says whether it is set). ``num_noise``
+      is clamped to N, so small data sets never draw more noise slots than examples.
 
     After each optimizer step the batch's slots move towards the features computed in
     the step: ``slot <- normalise(m * slot + (1 - m) * v)`` with ``m = bank_momentum``,
@@ -66,7 +66,8 @@ class InstDisc(Method):
         self.exact = task.num_train <= EXACT_MAX_DATA if exact is None else bool(exact)
         bank = F.normalize(torch.randn(task.num_train, proj_dim), dim=1)
         self.register_buffer("memory_bank", bank)
-        self.register_buffer("log_z", torch.tensor(math.nan))
+        self.register_buffer("log_z", torch.tensor(0.0))
+        self.register_buffer("log_z_known", torch.tensor(False))
         # True once log_z is known to be set in this process (estimated or loaded).
         self._log_z_checked = False
         self._pending: tuple[Tensor, Tensor] | None = None
@@ -84,12 +85,13 @@ class InstDisc(Method):
         return self.memory_bank
 
     def _normaliser(self, noise_logits: Tensor) -> Tensor:
-        """``log_z``, estimated from ``noise_logits`` (averaged over ranks) if still NaN."""
+        """``log_z``, estimated from ``noise_logits`` (averaged over ranks) if not yet known."""
         if not self._log_z_checked:
             local = estimate_log_z(noise_logits, self.num_data).reshape(1)
             ranks = gather_no_grad(local)
             estimate = torch.logsumexp(ranks, dim=0) - math.log(ranks.numel())
-            self.log_z.copy_(torch.where(torch.isnan(self.log_z), estimate, self.log_z))
+            self.log_z.copy_(torch.where(self.log_z_known, self.log_z, estimate.squeeze(0)))
+            self.log_z_known.fill_(True)
             self._log_z_checked = True
         return self.log_z
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from pico.engine.checkpoint import load_checkpoint, save_checkpoint
-from pico.engine.trainer import Trainer
+from pico.engine.trainer import NonFiniteLossError, Trainer, set_determinism
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
 from pico.models.transfer import backbone_state
@@ -21,6 +26,7 @@ from pico.models.transfer import backbone_state
 log = logging.getLogger("pico")
 
 CONFIG_PATH = "pkg://pico.configs"
+USER_ERRORS = (ValueError, FileNotFoundError, MissingMandatoryValue, NonFiniteLossError)
 EVAL_PARTS = {
     "all": {"classifier", "knn", "linear"},
     "classifier": {"classifier"},
@@ -47,9 +53,17 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured by ``cfg`` (the composed ``train`` config); return the results."""
+    set_determinism(cfg.trainer.deterministic)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").touch()
+    except OSError as err:
+        raise ValueError(
+            f"run_dir={run_dir} is not writable ({err.strerror or err}); "
+            "pass run_dir=DIR for a folder you can write to"
+        ) from err
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     (run_dir / "config.yaml").write_text(config_yaml)
     print(config_yaml)
@@ -115,7 +129,28 @@ def run_export(checkpoint: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def exit_on_user_error(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Report a user error (bad config value, missing file, bad data or checkpoint,
+    non-finite loss) as one line on stderr and exit with status 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: DictConfig) -> None:
+        try:
+            fn(cfg)
+        except (*USER_ERRORS, InstantiationException) as err:
+            # config-built objects arrive wrapped by Hydra: report the original error
+            cause = err.__cause__ if isinstance(err, InstantiationException) else err
+            if not isinstance(cause, USER_ERRORS):
+                raise
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+            print(f"pico: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+@exit_on_user_error
 def train(cfg: DictConfig) -> None:
     """``pico-train``: train any method on any data, chosen by config overrides."""
     # single runs write to run_dir; multirun jobs to their own sweep subdirectory
@@ -124,12 +159,14 @@ def train(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
+@exit_on_user_error
 def evaluate(cfg: DictConfig) -> None:
     """``pico-eval checkpoint=PATH [eval=all|classifier|prototype|knn|linear]``."""
     run_evaluation(cfg.checkpoint, cfg.device, cfg.eval)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")
+@exit_on_user_error
 def export(cfg: DictConfig) -> None:
     """``pico-export checkpoint=PATH out=FILE``: the backbone as a plain state dict."""
     run_export(cfg.checkpoint, cfg.out)

@@ -34,6 +34,13 @@ class Experiment:
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Load data, build backbone and method, augmentation recipes and the evaluator."""
+    queue_size = cfg.method.get("queue_size")
+    if queue_size is not None and queue_size < cfg.trainer.batch_size:
+        raise ValueError(
+            f"method.queue_size={queue_size} is smaller than trainer.batch_size="
+            f"{cfg.trainer.batch_size}; a queue must hold at least one batch of keys: raise "
+            "method.queue_size or lower trainer.batch_size"
+        )
     bundle = load_data(cfg.data)
     log.info("%s", bundle.summary())
     if bundle.train.candidates is not None:

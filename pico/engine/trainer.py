@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from pico.core.distributed import get_rank, get_world_size, is_main_process
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle
-from pico.engine.checkpoint import load_checkpoint, save_checkpoint
+from pico.engine.checkpoint import load_checkpoint, newest_loadable, save_checkpoint
 from pico.engine.loader import TensorLoader
 from pico.engine.logger import RunLogger
 from pico.engine.method import Batch, Method, StepInfo
@@ -57,6 +58,34 @@ class _Run:
     images_seen: int = 0
 
 
+# Run state saved in every checkpoint. ``batch`` > 0 marks a checkpoint inside an epoch,
+# with the loss sums and augmentation generator state of that point.
+FRESH_STATE: dict[str, Any] = {
+    "epoch": 0,
+    "step": 0,
+    "batch": 0,
+    "skipped": 0,
+    "best": None,
+    "sums": {},
+    "generator": None,
+    "history": [],
+}
+
+
+def set_determinism(enabled: bool) -> None:
+    """Deterministic algorithms everywhere (``trainer.deterministic``).
+
+    On CPU, training is already bit-reproducible for a seed. On CUDA this also makes
+    cuBLAS and cuDNN deterministic (slower); ops without a deterministic CUDA kernel then
+    raise an error instead of running.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss term becomes NaN or infinite."""
 
@@ -92,12 +121,18 @@ class Trainer:
         return views
 
     def resume_path(self, resume: str | None) -> Path | None:
-        """Checkpoint to resume from: a path, ``"auto"`` (latest in the run dir) or none."""
+        """Checkpoint to resume from: a path, ``"auto"`` or none.
+
+        ``"auto"`` takes the newest checkpoint of the run directory that loads, falling
+        back from a corrupt ``last.pt`` to the kept epoch checkpoints; none found means a
+        fresh start.
+        """
         if not resume:
             return None
         if resume == "auto":
-            last = self.ckpt_dir / "last.pt"
-            return last if last.is_file() else None
+            epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"), reverse=True)
+            candidates = [p for p in (self.ckpt_dir / "last.pt", *epochs) if p.is_file()]
+            return newest_loadable(candidates)
         return Path(resume)
 
     def fit(
@@ -165,7 +200,7 @@ class Trainer:
             total_steps=cfg.epochs * len(loader),
             final_ratio=cfg.final_lr_ratio,
         )
-        state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "history": []}
+        state: dict[str, Any] = dict(FRESH_STATE, history=[])
         path = self.resume_path(resume)
         if path is not None:
             ckpt = load_checkpoint(path, map_location=self.device)
@@ -173,8 +208,13 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng_cpu"])
-            state = {k: ckpt[k] for k in ("epoch", "step", "best", "history")}
-            log.info("resumed from %s at epoch %d", path, state["epoch"])
+            if "rng_cuda" in ckpt and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(list(ckpt["rng_cuda"]))
+            state = {k: ckpt.get(k, default) for k, default in FRESH_STATE.items()}
+            state["history"] = ckpt["history"]
+            log.info(
+                "resumed from %s at epoch %d, batch %d", path, state["epoch"] + 1, state["batch"]
+            )
         return _Run(
             method=method,
             bundle=bundle,
@@ -194,40 +234,71 @@ class Trainer:
         steps = len(run.loader)
         method.train()
         method.on_epoch_start(StepInfo(epoch, state["step"], cfg.epochs, steps))
-        run.generator.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + get_rank())
-        sums: dict[str, torch.Tensor] = {}
+        start = state["batch"]
+        if start:  # resuming inside this epoch
+            run.generator.set_state(state["generator"].to(run.generator.get_state().device))
+            sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        else:
+            run.generator.manual_seed(self.seed * 1_000_003 + epoch * 7_919 + get_rank())
+            sums = {}
         epoch_start = time.perf_counter()
+        checked = state["step"]  # steps up to here are known to have finite losses
         bar = tqdm(
-            run.loader.epoch(epoch),
+            run.loader.epoch(epoch, start_batch=start),
             total=steps,
+            initial=start,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not (self.main and cfg.progress),
             leave=False,
         )
-        for i, (index, inputs, targets) in enumerate(bar):
+        for i, (index, inputs, targets) in enumerate(bar, start=start):
             info = StepInfo(epoch, state["step"], cfg.epochs, steps)
             views = self._views(method, run.augmenters, inputs, run.generator)
             with self._autocast():
                 terms = method.training_step(Batch(index, views, targets), info)
             run.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
-            run.optimizer.step()
+            skip = cfg.nonfinite == "skip" and not self._finite_step(terms, method)
+            if skip:  # drop this update; its terms count as zero in the logged means
+                state["skipped"] += 1
+                log.warning("step %d skipped: non-finite loss or gradient", state["step"])
+            else:
+                run.optimizer.step()
+                method.after_optimizer_step(info)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float()
             run.scheduler.step()
-            method.after_optimizer_step(info)
             state["step"] += 1
             run.images_seen += len(index)
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-                # the only host-device synchronisation of the loop
+            every = cfg.checkpoint_every_steps
+            save_now = bool(every) and state["step"] % every == 0 and i + 1 < steps
+            if save_now or (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                # the only host-device synchronisation of the loop (besides nonfinite=skip);
+                # every checkpoint is preceded by this check, so none holds a NaN
                 means = {k: v.item() / (i + 1) for k, v in sums.items()}
-                self._check_finite(means, state["step"])
-                rate = len(index) * (i + 1) / (time.perf_counter() - epoch_start)
+                self._check_finite(means, checked + 1, state["step"])
+                checked = state["step"]
+                rate = len(index) * (i + 1 - start) / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
                 run.logger.scalars({f"train/{k}": v for k, v in means.items()}, state["step"])
                 lr = run.scheduler.get_last_lr()[0]
                 run.logger.scalars({"train/lr": lr, "train/images_per_s": rate}, state["step"])
+            if save_now and self.main:
+                state["batch"] = i + 1
+                state["sums"] = {k: v.cpu() for k, v in sums.items()}
+                state["generator"] = run.generator.get_state()
+                self._save(self._checkpoint(run), epoch=None, improved=False)
+        state["batch"], state["sums"], state["generator"] = 0, {}, None
         return sums
+
+    def _finite_step(self, terms: dict[str, torch.Tensor], method: Method) -> bool:
+        """Whether the loss and every gradient are finite (synchronises host and device)."""
+        grads = [p.grad for p in method.parameters() if p.grad is not None]
+        finite = torch.isfinite(terms["loss"]).all()
+        if grads:
+            norms = torch._foreach_norm(grads)
+            finite = finite & torch.isfinite(torch.stack(norms)).all()
+        return bool(finite)
 
     def _end_epoch(self, run: _Run, epoch: int, sums: dict[str, torch.Tensor]) -> None:
         """Evaluate, log, pick the best epoch and write checkpoints."""
@@ -254,35 +325,55 @@ class Trainer:
         if improved:
             state["best"] = record
         if self.main:
-            ckpt = {
-                "method": run.method.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "config": run.config_yaml,
-                **state,
-            }
-            self._save(ckpt, done, improved)
+            self._save(self._checkpoint(run), done, improved)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
         log.info("epoch %d: %s", done, summary)
 
-    def _save(self, ckpt: dict[str, Any], epoch: int, improved: bool) -> None:
-        """Write ``last.pt``, ``best.pt`` when improved, and keep the newest epoch files."""
+    @staticmethod
+    def _checkpoint(run: _Run) -> dict[str, Any]:
+        """Everything needed to continue the run exactly where it stands.
+
+        Refuses (``NonFiniteLossError``) a method state holding NaN or Inf, so no
+        checkpoint ever carries one.
+        """
+        method_state = run.method.state_dict()
+        floats = [v for v in method_state.values() if v.is_floating_point()]
+        if floats and not bool(torch.isfinite(torch.stack(torch._foreach_norm(floats))).all()):
+            raise NonFiniteLossError(
+                f"the model state became non-finite by step {run.state['step']}; nothing was "
+                "saved: lower the learning rate and resume from checkpoints/last.pt"
+            )
+        return {
+            "method": method_state,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            "config": run.config_yaml,
+            **run.state,
+        }
+
+    def _save(self, ckpt: dict[str, Any], epoch: int | None, improved: bool) -> None:
+        """Write ``last.pt``, ``best.pt`` when improved, and at epoch ends keep the newest
+        epoch files (``epoch`` is ``None`` for a checkpoint inside an epoch)."""
         save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
         if improved:
             save_checkpoint(ckpt, self.ckpt_dir / "best.pt")
-        if self.cfg.keep_last > 0:
+        if epoch is not None and self.cfg.keep_last > 0:
             save_checkpoint(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
             for old in sorted(self.ckpt_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last]:
                 old.unlink()
 
     @staticmethod
-    def _check_finite(means: dict[str, float], step: int) -> None:
+    def _check_finite(means: dict[str, float], first: int, last: int) -> None:
+        """Stop on a non-finite loss, naming the steps (1-based) and the loss terms."""
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLossError(
-                f"non-finite loss at step {step}: {bad}; lower the learning rate or check the "
-                "inputs (the last good checkpoint is checkpoints/last.pt)"
+                f"non-finite loss in steps {first}-{last} (epoch means {means}); lower the "
+                "learning rate or check the inputs, then resume from the last good checkpoint "
+                "(checkpoints/last.pt, written before these steps), or set "
+                "trainer.nonfinite=skip to drop such steps"
             )
 
     @staticmethod
