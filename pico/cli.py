@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,6 @@ from pico.engine.trainer import NonFiniteLossError, Trainer, set_determinism
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
 from pico.models.transfer import backbone_state
-
-log = logging.getLogger("pico")
 
 CONFIG_PATH = "pkg://pico.configs"
 USER_ERRORS = (ValueError, FileNotFoundError, MissingMandatoryValue, NonFiniteLossError)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle, Split
@@ -22,6 +25,17 @@ from pico.eval.metrics import (
 )
 
 PARTS = ("classifier", "knn", "linear")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Evaluation mode (BatchNorm statistics frozen) for the block, then the mode before."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class Evaluator:
@@ -63,10 +77,8 @@ class Evaluator:
         unknown = parts - set(PARTS)
         if unknown:
             raise ValueError(f"unknown evaluation {sorted(unknown)}; choose from {PARTS}")
-        was_training = method.training
-        method.eval()
-        try:
-            metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        with eval_mode(method):
             if "classifier" in parts:
                 for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
                     if len(split):
@@ -76,9 +88,7 @@ class Evaluator:
                 metrics.update(self._knn(method))
             if "linear" in parts:
                 metrics.update(self._linear(method))
-            return metrics
-        finally:
-            method.train(was_training)
+        return metrics
 
     def _split_metrics(self, method: Method, name: str, split: Split) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -143,23 +153,15 @@ class Evaluator:
     @torch.no_grad()
     def embedding(self, method: Method) -> Figure:
         """t-SNE of the test split's backbone features, coloured by class."""
-        was_training = method.training
-        method.eval()
-        try:
+        with eval_mode(method):
             features = self._run(method.features, self.bundle.test)
-        finally:
-            method.train(was_training)
         return embedding_figure(features, self.bundle.test.targets, self.bundle.class_names)
 
     @torch.no_grad()
     def test_confusion(self, method: Method) -> Tensor | None:
         """Confusion matrix of the classifier head on the test split, or ``None``."""
-        was_training = method.training
-        method.eval()
-        try:
+        with eval_mode(method):
             logits = self._run(method.logits, self.bundle.test)
-        finally:
-            method.train(was_training)
         if logits is None:
             return None
         targets = self.bundle.test.targets.to(self.device)
