@@ -146,10 +146,36 @@ def exit_on_user_error(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig
     return wrapper
 
 
+def require_writable_run_dir(overrides: list[str]) -> None:
+    """Create the ``run_dir=...`` of the command line up front, or exit with one line.
+
+    Hydra creates the run folder before pico's code runs and would report a failure
+    with a traceback; this check runs first. Interpolated values are left to Hydra.
+    """
+    given = [arg.split("=", 1)[1] for arg in overrides if arg.startswith("run_dir=")]
+    if not given or "${" in given[-1]:
+        return
+    try:
+        Path(given[-1]).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(
+            f"pico: error: run_dir={given[-1]} cannot be created ({err.strerror or err}); "
+            "pass run_dir=DIR for a folder you can write to",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def train() -> None:
+    """``pico-train``: train any method on any data, chosen by config overrides."""
+    require_writable_run_dir(sys.argv[1:])
+    train_main()
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @exit_on_user_error
-def train(cfg: DictConfig) -> None:
-    """``pico-train``: train any method on any data, chosen by config overrides."""
+def train_main(cfg: DictConfig) -> None:
+    """The Hydra application behind ``pico-train``."""
     # single runs write to run_dir; multirun jobs to their own sweep subdirectory
     cfg.run_dir = HydraConfig.get().runtime.output_dir
     run_training(cfg)

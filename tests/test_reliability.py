@@ -137,11 +137,12 @@ def test_deterministic_switch_trains(make_config):
         ("data=image_folder", "Missing mandatory value: data.root"),
         ("method.queue_size=8", "method.queue_size=8 is smaller than trainer.batch_size=64"),
         ("resume=missing.pt", "checkpoint missing.pt does not exist"),
+        ("run_dir=/proc/no/such/dir", "run_dir=/proc/no/such/dir cannot be created"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, override, message):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [BIN / "pico-train", override, "trainer.epochs=1", f"run_dir={tmp_path / 'r'}"]
+    args = [BIN / "pico-train", f"run_dir={tmp_path / 'r'}", override, "trainer.epochs=1"]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr

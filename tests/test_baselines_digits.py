@@ -1,0 +1,114 @@
+"""MoCo's shuffled BN groups, and the digits settings of the unsupervised baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from torch import nn
+
+from baselines.moco import MoCo
+from pico.engine.method import Batch, StepInfo, TaskInfo
+
+INFO = StepInfo(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+
+
+class _Net(nn.Module):
+    """Flatten -> Linear -> BatchNorm1d -> ReLU: an encoder whose output uses batch stats."""
+
+    out_dim = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.BatchNorm1d(6), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _moco(bn_groups: int, seed: int = 0) -> MoCo:
+    torch.manual_seed(seed)
+    task = TaskInfo(3, 64, (1, 4, 4), "image", torch.zeros(64, dtype=torch.long))
+    return MoCo(_Net(), task, proj_dim=4, proj_hidden=8, queue_size=16, bn_groups=bn_groups)
+
+
+def _images(rows: int, seed: int) -> torch.Tensor:
+    return torch.randn(rows, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def _naive_query(method: MoCo, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Reference: encode each group of rows in its own forward pass, in a Python loop."""
+    size = -(-len(x) // groups)
+    rows = []
+    for start in range(0, len(x), size):
+        rows.append(method.head(method.backbone(x[start : start + size])))
+    return F.normalize(torch.cat(rows), dim=1)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_query_normalises_each_group_separately(groups: int) -> None:
+    method = _moco(groups).train()
+    x = _images(12, seed=1)
+    got = method._query(x)
+    want = _naive_query(method, x, groups)
+    torch.testing.assert_close(got, want)
+    whole = F.normalize(method.head(method.backbone(x)), dim=1)
+    assert (groups == 1) == torch.allclose(got, whole, atol=1e-5)
+
+
+def test_keys_use_shuffled_groups_and_come_back_in_batch_order() -> None:
+    method = _moco(4).train()
+    x = _images(16, seed=2)
+    torch.manual_seed(5)
+    got = method._key(x)
+    torch.manual_seed(5)
+    order = torch.randperm(16)
+    want = torch.zeros(16, 4)
+    for group in order.chunk(4):  # each group: its rows alone through the key encoder
+        want[group] = F.normalize(method.key_head(method.key_backbone(x[group])), dim=1)
+    torch.testing.assert_close(got, want)
+    # the shuffle matters: the same rows grouped in batch order give other keys
+    plain = F.normalize(
+        torch.cat([method.key_head(method.key_backbone(c)) for c in x.chunk(4)]), dim=1
+    )
+    assert not torch.allclose(got, plain, atol=1e-4)
+
+
+def test_eval_mode_encodes_the_whole_batch_at_once() -> None:
+    method = _moco(4).eval()
+    x = _images(8, seed=3)
+    want = F.normalize(method.key_head(method.key_backbone(x)), dim=1)
+    torch.testing.assert_close(method._key(x), want)
+    torch.testing.assert_close(
+        method._query(x), F.normalize(method.head(method.backbone(x)), dim=1)
+    )
+
+
+def test_grouped_step_gives_every_online_parameter_a_gradient() -> None:
+    method = _moco(2).train()
+    x = _images(16, seed=4)
+    views = [x + 0.1 * _images(16, seed=5), x + 0.1 * _images(16, seed=6)]
+    batch = Batch(torch.arange(16), views, torch.zeros(16))
+    method.training_step(batch, INFO)  # fills the queue with negatives
+    loss = method.training_step(batch, INFO)["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    online = [*method.backbone.parameters(), *method.head.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in online)
+    assert all(p.grad is None for p in method.key_backbone.parameters())
+
+
+def test_bad_bn_groups_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="bn_groups"):
+        _moco(0)
+
+
+@pytest.mark.parametrize("method", ["moco", "simclr", "byol", "instdisc"])
+def test_digits_config_builds_with_the_contrastive_views(method: str) -> None:
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["data=digits", f"method={method}"])
+    ops = [op._target_.rsplit(".", 1)[1] for op in cfg.aug.contrastive]
+    assert ops == ["RandomResizedCrop", "RandomTranslate", "ColorJitter", "GaussianBlur"]
+    assert cfg.eval.linear_probe and cfg.eval.knn.enabled
+    assert cfg.trainer.epochs == 100
