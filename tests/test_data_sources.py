@@ -17,7 +17,7 @@ from pico.data.sources import SOURCES, SourceData, channel_stats, load_data
 from pico.pll.candidates import generate_candidates
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
-MODELS = {"convnet", "resnet18", "resnet34", "resnet50", "mlp"}
+MODELS = {"convnet", "resnet18", "resnet34", "resnet50", "mlp", "resnet18_imagenet"}
 AUGS = {"digits", "grayscale28", "cifar", "tabular", "natural"}
 EXPECTED = {  # config -> (model, aug)
     "digits": ("convnet", "digits"),
@@ -32,6 +32,7 @@ EXPECTED = {  # config -> (model, aug)
     "stl10": ("resnet18", "natural"),
     "hf": ("resnet18", "cifar"),
     "mat": ("mlp", "tabular"),
+    "cub200": ("resnet18_imagenet", "natural"),
 }
 
 
@@ -238,10 +239,12 @@ def test_data_config_loads_with_omegaconf(name):
     assert callable(hydra.utils.get_method(data.source._target_))
     if name == "mat":
         assert data.candidates is None
+    elif name == "cub200":  # the paper's CUB-200 setting
+        assert dict(data.candidates) == {"name": "uniform", "q": 0.05}
     else:
         assert dict(data.candidates) == {"name": "uniform", "q": 0.3}
     for required in ("root", "path"):
-        if name in ("cifar10_folder", "image_folder") and required == "root":
+        if name in ("cifar10_folder", "image_folder", "cub200") and required == "root":
             assert OmegaConf.is_missing(data, "root")
         if name in ("hf", "mat") and required == "path":
             assert OmegaConf.is_missing(data, "path")
