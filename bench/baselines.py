@@ -51,10 +51,16 @@ TRAIN = Path(sys.executable).parent / "pico-train"
 METHODS = ("moco", "simclr", "byol", "instdisc")
 
 
+#: config groups that shape the reference points (splits, backbone, test views, kNN)
+REFERENCE_GROUPS = ("data", "model", "aug", "eval")
+
+
 def compose_config(seed: int, overrides: list[str]) -> DictConfig:
-    """The ``train`` config of a digits run with ``seed`` and extra ``overrides``."""
+    """The ``train`` config of a digits run with ``seed`` and those of ``overrides`` that
+    touch the data, model, augmentation or evaluation (method keys do not compose here)."""
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] in REFERENCE_GROUPS]
     with initialize_config_module("pico.configs", version_base="1.3"):
-        return compose("train", overrides=["data=digits", f"seed={seed}", *overrides])
+        return compose("train", overrides=["data=digits", f"seed={seed}", *kept])
 
 
 def references(seed: int, overrides: list[str]) -> dict[str, dict[str, float]]:
@@ -135,6 +141,25 @@ def table(refs: list[dict], results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(refs: list[dict], results: dict[str, list[dict]], limit_s: float) -> str:
+    """One line per method: does its last-epoch kNN beat both references on every seed,
+    is its linear probe at least 95% and every run under ``limit_s`` seconds?"""
+    lines = []
+    for method, runs in results.items():
+        knn = [r["final"]["test/knn_top1"] for r in runs]
+        beats = {
+            name: all(k > ref[name]["knn"] for k, ref in zip(knn, refs, strict=True))
+            for name in refs[0]
+        }
+        linear = min(r["final"]["test/linear_top1"] for r in runs) >= 0.95
+        fast = max(r["wall_seconds"] for r in runs) < limit_s
+        checks = [f"kNN > {name}: {'yes' if ok else 'NO'}" for name, ok in beats.items()]
+        checks.append(f"linear >= 95%: {'yes' if linear else 'NO'}")
+        checks.append(f"under {limit_s:.0f} s: {'yes' if fast else 'NO'}")
+        lines.append(f"- {method}: " + ", ".join(checks))
+    return "\n".join(lines)
+
+
 def machine(threads: int, parallel: int) -> str:
     """CPU model and core count, torch version and threading of the runs."""
     model = platform.processor() or "unknown CPU"
@@ -144,9 +169,11 @@ def machine(threads: int, parallel: int) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (
         f"{model} ({os.cpu_count()} logical cores), torch {torch.__version__}, Python "
-        f"{platform.python_version()}; {parallel} run(s) at a time, {threads} thread(s) each"
+        f"{platform.python_version()}; {parallel} run(s) at a time, {threads} thread(s) each; "
+        f"load average at the end: {load}"
     )
 
 
@@ -162,6 +189,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument(
         "--out", type=Path, default=BENCH / "runs", help="run directories go to OUT/<time>/"
+    )
+    parser.add_argument(
+        "--limit", type=float, default=180.0, help="time limit per run for the verdict (s)"
     )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     return parser.parse_args(argv)
@@ -193,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         f"features (InstDisc: its memory bank); linear probe after the last epoch.\n\n"
         f"- machine: {machine(args.threads, args.parallel)}\n"
         f"- seeds: {' '.join(map(str, args.seeds))}; common overrides: "
-        f"`{args.common or '(none)'}`\n- command: `{command}`\n\n{table(refs, results)}\n"
+        f"`{args.common or '(none)'}`\n- command: `{command}`\n\n{table(refs, results)}\n\n"
+        f"Every seed, last epoch:\n\n{verdicts(refs, results, args.limit)}\n"
     )
     print(text)
     if args.record:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,7 @@ from hydra import compose, initialize_config_module
 from torch import nn
 
 from baselines.moco import MoCo
+from pico.data.augment import build_augment
 from pico.engine.method import Batch, StepInfo, TaskInfo
 
 INFO = StepInfo(epoch=0, step=0, epochs=1, steps_per_epoch=1)
@@ -105,10 +109,67 @@ def test_bad_bn_groups_raises_value_error() -> None:
 
 
 @pytest.mark.parametrize("method", ["moco", "simclr", "byol", "instdisc"])
-def test_digits_config_builds_with_the_contrastive_views(method: str) -> None:
+def test_digits_runs_compose_with_knn_and_linear_probe(method: str) -> None:
     with initialize_config_module("pico.configs", version_base="1.3"):
         cfg = compose("train", overrides=["data=digits", f"method={method}"])
-    ops = [op._target_.rsplit(".", 1)[1] for op in cfg.aug.contrastive]
-    assert ops == ["RandomResizedCrop", "RandomTranslate", "ColorJitter", "GaussianBlur"]
     assert cfg.eval.linear_probe and cfg.eval.knn.enabled
+    assert cfg.eval.select_metric == "val/knn_top1"
     assert cfg.trainer.epochs == 100
+
+
+def test_digits_contrastive_views_keep_digits_upright_and_in_range() -> None:
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["data=digits", "method=simclr"])
+    ops = {op._target_.rsplit(".", 1)[1] for op in cfg.aug.contrastive}
+    assert not ops & {"RandomHorizontalFlip", "RandAugment"}  # a mirrored digit is another
+    augment = build_augment(cfg.aug.contrastive)
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    views = augment(x, torch.Generator().manual_seed(0))
+    assert views.shape == (32, 1, 8, 8)
+    assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    assert not torch.equal(views, augment(x, torch.Generator().manual_seed(1)))
+
+
+def _bench_module():
+    """bench/baselines.py, loaded under another name (``baselines`` is the package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "baselines.py"
+    spec = importlib.util.spec_from_file_location("bench_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(knn: float, linear: float, seconds: float) -> dict:
+    final = {"test/knn_top1": knn, "test/linear_top1": linear}
+    return {"final": final, "best": final, "wall_seconds": seconds}
+
+
+def test_bench_verdicts_need_every_seed_above_each_reference() -> None:
+    bench = _bench_module()
+    refs = [
+        {"raw pixels": {"knn": 0.98, "linear": 0.97}, "random init": {"knn": 0.96, "linear": 0.9}},
+        {"raw pixels": {"knn": 0.99, "linear": 0.97}, "random init": {"knn": 0.95, "linear": 0.9}},
+    ]
+    results = {
+        "good": [_run(0.99, 0.99, 100), _run(0.995, 0.96, 170)],
+        "bad": [_run(0.99, 0.99, 100), _run(0.985, 0.94, 200)],  # seed 1 below raw pixels
+    }
+    lines = bench.verdicts(refs, results, limit_s=180).splitlines()
+    assert lines[0] == (
+        "- good: kNN > raw pixels: yes, kNN > random init: yes, linear >= 95%: yes, "
+        "under 180 s: yes"
+    )
+    assert lines[1] == (
+        "- bad: kNN > raw pixels: NO, kNN > random init: yes, linear >= 95%: NO, under 180 s: NO"
+    )
+    table = bench.table(refs, results).splitlines()
+    assert table[2] == "| raw pixels | 98.50 ± 0.71 | - | 97.00 ± 0.00 | - |"
+    assert table[4].startswith("| good | 99.25 ± 0.35 | 99.25 ± 0.35 | 97.50 ± 2.12 | 135 |")
+
+
+def test_bench_references_keep_only_data_model_aug_eval_overrides() -> None:
+    bench = _bench_module()
+    cfg = bench.compose_config(
+        3, ["method.temperature=0.1", "eval.knn.k=5", "data.val_fraction=0.2"]
+    )
+    assert cfg.seed == 3 and cfg.eval.knn.k == 5 and cfg.data.val_fraction == 0.2

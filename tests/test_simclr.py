@@ -114,5 +114,5 @@ def test_method_config_builds_and_runs_on_tiny_data() -> None:
     backbone.out_dim = 32
     task = TaskInfo(3, 8, (1, 4, 4), "image", torch.zeros(8, dtype=torch.long))
     method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=task)
-    assert isinstance(method, SimCLR) and method.temperature == 0.5
+    assert isinstance(method, SimCLR) and method.temperature == cfg.method.temperature
     assert torch.isfinite(method.training_step(_batch(), INFO)["loss"])
