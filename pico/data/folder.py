@@ -60,13 +60,9 @@ def load_image_folder(
             f"(only in train: {only_train}, only in test: {only_test}); "
             "give both splits the same class sub-folders"
         )
-    train_images = decode_images(train_files, channels, image_size, num_threads)
-    test_images = decode_images(test_files, channels, image_size, num_threads)
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise ValueError(
-            f"train images are {tuple(train_images.shape[1:])} but test images are "
-            f"{tuple(test_images.shape[1:])}; pass data.image_size=N to resize both"
-        )
+    train_images, test_images = decode_splits(
+        train_files, test_files, channels, image_size, num_threads
+    )
     mean, std = channel_stats(train_images)
     return SourceData(
         train=Split(train_images, torch.tensor(train_targets, dtype=torch.int64)),
@@ -157,6 +153,24 @@ def decode_images(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         return _decode_all(sources, channels, image_size, num_threads)
+
+
+def decode_splits(
+    train: Sequence[Path | bytes],
+    test: Sequence[Path | bytes],
+    channels: int,
+    image_size: int | None = None,
+    num_threads: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Decode the train and test images; both splits must end with one image shape."""
+    train_images = decode_images(train, channels, image_size, num_threads)
+    test_images = decode_images(test, channels, image_size, num_threads)
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(
+            f"train images are {tuple(train_images.shape[1:])} but test images are "
+            f"{tuple(test_images.shape[1:])}; pass data.image_size=N to resize both"
+        )
+    return train_images, test_images
 
 
 def _decode_all(

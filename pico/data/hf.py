@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pico.data.bundle import Split
-from pico.data.folder import decode_images
+from pico.data.folder import decode_splits
 from pico.data.sources import SourceData, channel_stats
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
@@ -72,13 +72,9 @@ def load_hf(
     test_encoded = _encoded_images(test_ds, image_column, path)
     if channels is None:
         channels = _guess_channels(train_encoded[0]) if train_encoded else 3
-    train_images = decode_images(train_encoded, channels, image_size, num_threads)
-    test_images = decode_images(test_encoded, channels, image_size, num_threads)
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise ValueError(
-            f"train images are {tuple(train_images.shape[1:])} but test images are "
-            f"{tuple(test_images.shape[1:])}; pass data.image_size=N to resize both"
-        )
+    train_images, test_images = decode_splits(
+        train_encoded, test_encoded, channels, image_size, num_threads
+    )
     candidates = None
     if candidates_column is not None:
         from pico.pll.candidate_io import candidates_from_column
