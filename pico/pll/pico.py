@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad, gather_with_grad, get_rank
-from pico.core.ema import ema_update_, momentum_copy
+from pico.core.distributed import gather_no_grad, gather_with_grad, get_rank, get_world_size
+from pico.core.ema import momentum_copy
 from pico.core.losses import sup_con
 from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, StepInfo, TaskInfo
@@ -41,11 +41,10 @@ class ContrastSet:
     batch: int
 
     def _mask(self, columns: Tensor) -> Tensor:
-        mask = torch.zeros(
-            len(self.rows), len(self.features), dtype=torch.bool, device=self.rows.device
-        )
-        mask[torch.arange(len(self.rows), device=self.rows.device), columns] = True
-        return mask
+        # a comparison, not an indexed write: writing a Python scalar through an index
+        # copies it from the host, which synchronises on CUDA
+        positions = torch.arange(len(self.features), device=columns.device)
+        return columns[:, None] == positions[None, :]
 
     def own_query(self) -> Tensor:
         """(b, M) mask of each anchor's own entry, excluded from its denominator."""
@@ -122,7 +121,7 @@ class PiCO(ClassifierMethod):
         self.phi.fill_(phi_schedule(info.epoch, info.epochs, *self.phi_range))
 
     def after_optimizer_step(self, info: StepInfo) -> None:
-        ema_update_(
+        self.momentum_update_(
             [(self.backbone, self.key_backbone), (self.head, self.key_head)], self.key_momentum
         )
 
@@ -140,16 +139,30 @@ class PiCO(ClassifierMethod):
             k = F.normalize(self.key_head(self.key_backbone(strong)), dim=1)
         return logits, q, k
 
+    def compile_parts(self, mode: str = "default") -> None:
+        """The encoders and, in one process, :meth:`losses` (the step's many small tensor
+        ops, fused; CUDA-graph modes replay them at once). Under torchrun :meth:`losses`
+        stays eager: its gathers are collectives."""
+        super().compile_parts(mode)
+        if get_world_size() == 1:
+            self.losses = torch.compile(type(self).losses.__get__(self), mode=mode)
+
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         weak, strong = batch.views
-        index = batch.index
-        candidates = self.candidates[index]
         logits, q, k = self.encode(weak, strong)
+        return self.losses(batch.index, logits, q, k, self.in_warmup(info))
+
+    def losses(
+        self, index: Tensor, logits: Tensor, q: Tensor, k: Tensor, warmup: bool
+    ) -> dict[str, Tensor]:
+        """The step after the encoders: pseudo-labels, (after ``warmup``) confidence and
+        prototype updates, the contrastive and classification losses, the enqueue."""
+        candidates = self.candidates[index]
         with torch.no_grad():
             probs = logits.detach().float().softmax(dim=1)
             pseudo = (probs * candidates).argmax(dim=1)
             q_all, pseudo_all = gather_no_grad(q.detach().float()), gather_no_grad(pseudo)
-            if not self.in_warmup(info):
+            if not warmup:
                 proto_label = prototype_labels(q.detach(), self.prototypes, candidates)
                 update_confidence_(
                     self.confidence,
@@ -161,7 +174,7 @@ class PiCO(ClassifierMethod):
                     update_prototypes(self.prototypes, q_all, pseudo_all, self.proto_momentum)
                 )
         k_all = gather_no_grad(k.float())
-        loss_cont = self._contrastive(q, k_all, pseudo_all, info)
+        loss_cont = self._contrastive(q, k_all, pseudo_all, warmup)
         loss_cls = weighted_cross_entropy(logits, self.confidence[index])
         self.queue.enqueue(k_all, label=pseudo_all)
         return {
@@ -193,10 +206,10 @@ class PiCO(ClassifierMethod):
             contrast.valid,
         )
 
-    def _contrastive(self, q: Tensor, k_all: Tensor, pseudo_all: Tensor, info: StepInfo) -> Tensor:
-        """SupCon over ``[q; k; queue]``: pseudo-label positives, or own key in warm-up."""
+    def _contrastive(self, q: Tensor, k_all: Tensor, pseudo_all: Tensor, warmup: bool) -> Tensor:
+        """SupCon over ``[q; k; queue]``: pseudo-label positives, or own key in ``warmup``."""
         contrast = self.contrast_set(q, k_all)
-        if self.in_warmup(info):
+        if warmup:
             return self.instance_contrastive(q, contrast)
         labels = torch.cat([pseudo_all, pseudo_all, self.queue.column("label")])
         positive = pseudo_all[contrast.rows, None] == labels[None, :]
