@@ -23,6 +23,10 @@ RandAugment about 4x and ColorJitter about 3x faster there (256 x 3 x 32 x 32, o
 thread). Elementwise selection uses ``lerp`` and comparisons write 0/1 floats, because
 ``torch.where`` and bool tensors are several times slower than float arithmetic on CPU.
 
+:class:`BatchAugment` draws the parameters of all its ops first and then runs them in
+:meth:`BatchAugment.transform`, a function of tensors alone that ``torch.compile`` can
+fuse (``trainer.compile=true`` on CUDA).
+
 Colour ops follow ``torchvision.transforms.v2.functional`` on float tensors
 (grayscale weights 0.2989/0.587/0.114, clamped blends, HSV hue rotation); the tests
 check every op against it.
@@ -136,9 +140,10 @@ def masked_apply(
     ``params`` are per-sample tensors (B, ...). On CPU only the selected samples are
     computed and written back (into ``x`` itself when ``inplace``); elsewhere ``fn`` runs
     on the whole batch and the result is selected per sample, which keeps the shapes
-    static and needs no host-device synchronisation.
+    static and needs no host-device synchronisation (also under ``torch.compile``, whose
+    graphs need static shapes).
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return select(per_sample(mask, x), fn(x, *params), x)
     index = mask.nonzero().squeeze(1)
     if len(index) == 0:
@@ -183,12 +188,12 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     hue.addcmul_(is_g, (b - r).mul_(inv).add_(2.0).sub_(hue))
     hue.add_(per_sample(shift, hue), alpha=6.0)
     hue.sub_(torch.floor(hue * (1.0 / 6.0)).mul_(6.0))
-    out = torch.empty_like(x)
-    for channel, centre in enumerate((3.0, 5.0, 1.0)):
+    channels = []
+    for centre in (3.0, 5.0, 1.0):
         dist = (hue - centre).abs_()
         dist = torch.minimum(dist, 6.0 - dist)
-        torch.sub(vmax, chroma * dist.neg_().add_(2.0).clamp_(0.0, 1.0), out=out[:, channel])
-    return out
+        channels.append(vmax - chroma * dist.neg_().add_(2.0).clamp_(0.0, 1.0))
+    return torch.stack(channels, 1)
 
 
 def warp(x: Tensor, grid: Tensor, mode: str = "bilinear", padding: str = "zeros") -> Tensor:
@@ -229,6 +234,10 @@ class BatchOp(nn.Module, ABC):
     @abstractmethod
     def apply(self, x: Tensor, params: Params) -> Tensor:
         """Transform ``x`` with explicit per-sample ``params`` (deterministic)."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """Shape of the result for an input of ``shape`` (unchanged unless overridden)."""
+        return shape
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Transform ``x`` with parameters drawn from ``generator``."""
@@ -311,6 +320,9 @@ class RandomResizedCrop(BatchOp):
         top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), (height - h) // 2)
         left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), (width - w) // 2)
         return {"top": top.long(), "left": left.long(), "height": h.long(), "width": w.long()}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (*shape[:-2], *(self.size or shape[-2:]))
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
         check_images(x, "RandomResizedCrop")
@@ -641,9 +653,15 @@ class BatchAugment(nn.Module):
     """
 
     def __init__(
-        self, ops: Sequence[nn.Module], mean: Sequence[float] = (), std: Sequence[float] = ()
+        self, ops: Sequence[BatchOp], mean: Sequence[float] = (), std: Sequence[float] = ()
     ) -> None:
         super().__init__()
+        for i, op in enumerate(ops):
+            if not isinstance(op, BatchOp):
+                raise ValueError(
+                    f"augmentation op {i} is a {type(op).__name__}, not a BatchOp; write it as "
+                    "a subclass of pico.data.augment.BatchOp (sample_params + apply)"
+                )
         self.ops = nn.ModuleList(ops)
         mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
         std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
@@ -657,14 +675,35 @@ class BatchAugment(nn.Module):
         self.register_buffer("mean", mean_t, persistent=False)
         self.register_buffer("std", std_t, persistent=False)
 
+    def sample_params(
+        self, shape: Shape, generator: torch.Generator | None = None, device: Device = None
+    ) -> list[Params]:
+        """The parameters of every op for a batch of ``shape``, drawn in op order."""
+        params = []
+        for op in self.ops:
+            params.append(op.sample_params(shape, generator, device))
+            shape = op.output_shape(shape)
+        return params
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One augmented, normalised view of the batch ``x``."""
+        return self.transform(x, self.sample_params(x.shape, generator, x.device))
+
+    def compile_transform(self, mode: str = "default") -> None:
+        """Run :meth:`transform` through ``torch.compile`` with ``mode`` from now on (the
+        random draws stay eager: a compiled graph cannot take a ``torch.Generator``). Meant
+        for CUDA, where it fuses the ops' many small kernels; on CPU the eager ops gather
+        only the samples an op applies to, which a compiled graph cannot."""
+        self.transform = torch.compile(BatchAugment.transform.__get__(self), mode=mode)
+
+    def transform(self, x: Tensor, params: Sequence[Params]) -> Tensor:
+        """The recipe with explicit per-op ``params`` (deterministic)."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         elif not x.is_floating_point():
             raise ValueError(f"BatchAugment expects uint8 or float inputs, got {x.dtype}")
-        for op in self.ops:
-            x = op(x, generator)
+        for op, op_params in zip(self.ops, params, strict=True):
+            x = op.apply(x, op_params)
         if self.mean.numel():
             if x.dim() < 2 or x.shape[1] != self.mean.numel():
                 raise ValueError(
