@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
+from pico.core.ema import cosine_momentum, momentum_copy
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.models.heads import mlp_head
 
@@ -72,7 +72,7 @@ class BYOL(Method):
         return cosine_momentum(self.base_momentum, info.step, max(info.total_steps - 1, 1))
 
     def after_optimizer_step(self, info: StepInfo) -> None:
-        ema_update_(
+        self.momentum_update_(
             [(self.backbone, self.target_backbone), (self.projector, self.target_projector)],
             self.momentum(info),
         )

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pico.core.distributed import broadcast_, gather_no_grad, get_rank, get_world_size
-from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
+from pico.core.ema import cosine_momentum, momentum_copy
 from pico.core.losses import info_nce
 from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
@@ -174,4 +174,6 @@ class MoCo(Method):
         momentum = self.key_momentum
         if self.cosine_schedule:
             momentum = cosine_momentum(self.key_momentum, info.step + 1, info.total_steps)
-        ema_update_([(self.backbone, self.key_backbone), (self.head, self.key_head)], momentum)
+        self.momentum_update_(
+            [(self.backbone, self.key_backbone), (self.head, self.key_head)], momentum
+        )

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.engine.optim import build_optimizer
-from pico.engine.trainer import resolve_device
+from pico.engine.trainer import COMPILE_MODES, resolve_device
 from pico.models.factory import build_backbone
 from pico.pll.candidates import uniform_candidates
 
@@ -207,7 +207,7 @@ class StepBench:
         model_name: str,
         batch_size: int = 256,
         device: torch.device | str = "cpu",
-        compile_modules: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         if method_name not in FLOORS or model_name not in MODELS:
             raise ValueError(
@@ -227,9 +227,9 @@ class StepBench:
         channels_last = cuda and cfg.trainer.channels_last
         if channels_last:
             method.to(memory_format=torch.channels_last)
-        if compile_modules:
-            for child in method.children():
-                child.compile()
+        self.compiled = compile_mode is not None
+        if self.compiled:
+            method.compile_parts(compile_mode)
         self.optimizer = build_optimizer(method.optim_parameters(), cfg.trainer.optimizer)
         self.amp = cuda and cfg.trainer.amp
         self.sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -250,8 +250,13 @@ class StepBench:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _begin(self) -> None:
+        if self.compiled and self.device.type == "cuda":  # as the trainer: CUDA-graph modes
+            torch.compiler.cudagraph_mark_step_begin()
+
     def step(self) -> None:
         """``training_step``, backward, optimizer step, ``after_optimizer_step``."""
+        self._begin()
         with self._autocast():
             terms = self.method.training_step(self.batch, self.info)
         self.optimizer.zero_grad(set_to_none=True)
@@ -261,6 +266,7 @@ class StepBench:
 
     def floor(self) -> None:
         """Online encoder forward + backward, key / target encoder forward, optimizer step."""
+        self._begin()
         with self._autocast():
             outputs = FLOORS[self.method_name](self.method, self.batch.views)
             loss = sum(out.float().mean() for out in outputs)
@@ -309,7 +315,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--compile", action="store_true", help="torch.compile each submodule")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help="torch.compile each submodule (MODE: default, reduce-overhead, ...)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--record", action="store_true", help="append a dated section to --results")
     parser.add_argument("--results", type=Path, default=common.RESULTS)
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     header = (
         f"batch {args.batch_size}, device {device}, median of {args.iters} iterations "
         f"after {args.warmup}, {torch.get_num_threads()} CPU thread(s)"
-        f"{', torch.compile' if args.compile else ''}"
+        f"{f', torch.compile mode {args.compile}' if args.compile else ''}"
     )
     print(f"\n{header}\n\n{table(rows)}")
     if args.record:

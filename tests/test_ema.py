@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
+from pico.engine.method import Method
 
 
 def _net(seed: int) -> nn.Module:
@@ -145,3 +146,23 @@ def test_cosine_momentum_rejects_bad_arguments() -> None:
         cosine_momentum(0.99, 0, 0)
     with pytest.raises(ValueError, match="base"):
         cosine_momentum(1.5, 0, 10)
+
+
+def test_method_momentum_update_keeps_its_lists_until_moved_or_switched():
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target = momentum_copy(online)
+    method = Method()
+    method.online, method.target = online, target
+    for param in target.parameters():
+        param.data.zero_()
+    method.momentum_update_([(online, target)], 0.5)
+    want = online[0].weight / 2
+    torch.testing.assert_close(target[0].weight, want)
+    method.momentum_update_([(online, target)], 0.5)  # the kept lists move the same tensors
+    torch.testing.assert_close(target[0].weight, want * 1.5)
+    method.double()  # new buffer tensors: the lists are made again
+    target[1].running_mean.zero_()
+    online[1].running_mean.fill_(2.0)
+    method.momentum_update_([(online, target)], 0.5)
+    torch.testing.assert_close(target[1].running_mean, torch.ones(4, dtype=torch.float64))
+    assert target[1].running_mean is method.target[1].running_mean

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -49,34 +50,56 @@ def _check_pair(index: int, online: nn.Module, target: nn.Module) -> list[tuple[
     return pairs
 
 
+@dataclass(frozen=True)
+class MomentumTensors:
+    """The tensors of (online, target) pairs an EMA step touches: floating ones to move
+    (``lerp_*``) and the others to copy (``copy_*``), target first."""
+
+    lerp_dst: list[Tensor]
+    lerp_src: list[Tensor]
+    copy_dst: list[Tensor]
+    copy_src: list[Tensor]
+
+
+def momentum_tensors(pairs: Iterable[tuple[nn.Module, nn.Module]]) -> MomentumTensors:
+    """List and check the tensors of every (online, target) pair (ValueError if a target
+    is not a copy of its online module)."""
+    tensors = MomentumTensors([], [], [], [])
+    for index, (online, target) in enumerate(pairs):
+        for s, d in _check_pair(index, online, target):
+            if d.is_floating_point():
+                tensors.lerp_dst.append(d)
+                tensors.lerp_src.append(s)
+            else:
+                tensors.copy_dst.append(d)
+                tensors.copy_src.append(s)
+    return tensors
+
+
 @torch.no_grad()
+def ema_step_(tensors: MomentumTensors, momentum: float) -> None:
+    """One EMA step over listed tensors: a fused lerp for the floating ones, a copy for
+    the rest."""
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ema_update_: momentum must lie in [0, 1], got {momentum}")
+    if tensors.lerp_dst:
+        torch._foreach_lerp_(tensors.lerp_dst, tensors.lerp_src, 1.0 - momentum)
+    if tensors.copy_dst:
+        torch._foreach_copy_(tensors.copy_dst, tensors.copy_src)
+
+
 def ema_update_(pairs: Iterable[tuple[nn.Module, nn.Module]], momentum: float) -> None:
     """Move every target module towards its online module, in place and without grad.
 
     For each (online, target) pair, every parameter and floating-point buffer becomes
     ``momentum * target + (1 - momentum) * online``; non-floating buffers (such as
     BatchNorm's ``num_batches_tracked``) are copied. ``momentum = 1`` leaves floating
-    tensors unchanged, ``momentum = 0`` copies the online module.
+    tensors unchanged, ``momentum = 0`` copies the online module. Methods call it
+    through :meth:`pico.engine.method.Method.momentum_update_`, which lists the tensors
+    once instead of every step.
     """
-    momentum = float(momentum)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"ema_update_: momentum must lie in [0, 1], got {momentum}")
-    lerp_dst: list[Tensor] = []
-    lerp_src: list[Tensor] = []
-    copy_dst: list[Tensor] = []
-    copy_src: list[Tensor] = []
-    for index, (online, target) in enumerate(pairs):
-        for s, d in _check_pair(index, online, target):
-            if d.is_floating_point():
-                lerp_dst.append(d)
-                lerp_src.append(s)
-            else:
-                copy_dst.append(d)
-                copy_src.append(s)
-    if lerp_dst:
-        torch._foreach_lerp_(lerp_dst, lerp_src, 1.0 - momentum)
-    if copy_dst:
-        torch._foreach_copy_(copy_dst, copy_src)
+    ema_step_(momentum_tensors(pairs), momentum)
 
 
 def momentum_copy(online: nn.Module) -> nn.Module:

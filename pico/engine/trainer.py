@@ -113,6 +113,20 @@ def _rank_mean(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(names, flat.unbind(), strict=True))
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(cfg: DictConfig) -> str:
+    """The ``torch.compile`` mode of ``trainer.compile_mode``, checked."""
+    mode = str(cfg.get("compile_mode", "default"))
+    if mode not in COMPILE_MODES:
+        raise ValueError(
+            f"trainer.compile_mode={mode!r} is not a torch.compile mode; choose one of "
+            f"{list(COMPILE_MODES)}"
+        )
+    return mode
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss term becomes NaN or infinite."""
 
@@ -216,8 +230,11 @@ class Trainer:
         if self.device.type == "cuda" and cfg.channels_last and bundle.kind == "image":
             method.to(memory_format=torch.channels_last)
         if cfg.compile:
-            for child in method.children():
-                child.compile()
+            mode = compile_mode(cfg)
+            method.compile_parts(mode)
+            if self.device.type == "cuda":
+                for name in set(method.views):
+                    augmenters[name].compile_transform(mode)
         if cfg.sync_bn:
             method = convert_sync_bn(method, self.device)
         loader = TensorLoader(
@@ -284,7 +301,10 @@ class Trainer:
             disable=not (self.main and cfg.progress),
             leave=False,
         )
+        compiled_on_cuda = cfg.compile and self.device.type == "cuda"
         for i, (index, inputs, targets) in enumerate(bar, start=start):
+            if compiled_on_cuda:  # CUDA-graph modes: this step may reuse the last one's outputs
+                torch.compiler.cudagraph_mark_step_begin()
             info = StepInfo(epoch, state["step"], cfg.epochs, steps)
             run.generator.manual_seed(augmentation_seed(self.seed, epoch, state["step"], rank))
             views = self._views(method, run.augmenters, inputs, run.generator)

@@ -30,7 +30,8 @@ def collect(
         out = fn(batch)
         if out is None:
             return None
-        outputs.append(out.float())
+        # a copy: under torch.compile's CUDA graphs the next batch may overwrite ``out``
+        outputs.append(out.to(torch.float32, copy=True))
     return torch.cat(outputs)
 
 
