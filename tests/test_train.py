@@ -128,3 +128,13 @@ def test_pico_eval_parts(make_config, tmp_path):
     assert (tmp_path / "run" / "embedding.png").is_file()
     with pytest.raises(ValueError, match="parts=bogus is unknown"):
         run_evaluation(last, "cpu", "bogus")
+
+
+def test_compiled_run_matches_the_eager_run(make_config, tmp_path):
+    eager = run_training(make_config("method.queue_size=256", run_dir="eager"))
+    compiled = run_training(
+        make_config("method.queue_size=256", "trainer.compile=true", run_dir="compiled")
+    )
+    for key in ("test/top1", "val/approx_acc", "train/disamb_acc"):
+        assert compiled["final"][key] == pytest.approx(eager["final"][key], abs=0.02)
+    assert compiled["final"]["train/loss"] == pytest.approx(eager["final"]["train/loss"], rel=1e-3)
