@@ -7,6 +7,7 @@ cells and sections of ``bench/RESULTS.md``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -82,6 +83,21 @@ def section(title: str, facts: list[str], body: str, intro: str = "") -> str:
     parts.append("\n".join(f"- {fact}" for fact in facts) + "\n")
     parts.append(f"{body}\n")
     return "\n".join(parts)
+
+
+def add_compile_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--compile [MODE]``: absent gives ``None``, bare ``--compile`` the mode ``default``."""
+    from pico.engine.trainer import COMPILE_MODES
+
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help=help,
+    )
 
 
 def record(text: str, path: Path = RESULTS) -> None:

@@ -35,7 +35,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
-from pico.engine.trainer import COMPILE_MODES, Trainer, set_determinism
+from pico.engine.trainer import Trainer, set_determinism
 from pico.experiment import build_experiment
 
 # bench/ is not a package. Python puts a script's folder first on sys.path, where
@@ -193,14 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="digits", help="data config")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (first: warm-up)")
     parser.add_argument("--device", default="auto", help="trainer.device")
-    parser.add_argument(
-        "--compile",
-        nargs="?",
-        const="default",
-        default=None,
-        choices=COMPILE_MODES,
-        metavar="MODE",
-        help="trainer.compile=true with trainer.compile_mode=MODE (default: default)",
+    common.add_compile_option(
+        parser, "trainer.compile=true with trainer.compile_mode=MODE (default: default)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(

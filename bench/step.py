@@ -55,7 +55,7 @@ from torch import Tensor
 
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.engine.optim import build_optimizer
-from pico.engine.trainer import COMPILE_MODES, resolve_device
+from pico.engine.trainer import resolve_device
 from pico.models.factory import build_backbone
 from pico.pll.candidates import uniform_candidates
 
@@ -315,14 +315,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument(
-        "--compile",
-        nargs="?",
-        const="default",
-        default=None,
-        choices=COMPILE_MODES,
-        metavar="MODE",
-        help="torch.compile each submodule (MODE: default, reduce-overhead, ...)",
+    common.add_compile_option(
+        parser, "torch.compile each submodule (MODE: default, reduce-overhead, ...)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--record", action="store_true", help="append a dated section to --results")
