@@ -5,8 +5,10 @@ import copy
 
 import pytest
 import torch
+from conftest import build_method, method_config
 from omegaconf import OmegaConf
 from test_pico_method import batch, info, make_pico
+from torch._dynamo.utils import counters
 
 import pico.data.augment as A
 from pico.engine.trainer import compile_mode
@@ -30,9 +32,13 @@ def test_compiled_pico_matches_eager_through_warmup_and_after():
     eager, _ = make_pico()
     compiled = copy.deepcopy(eager)
     compiled.compile_parts()
-    assert compiled.losses is not eager.losses  # the loss part runs compiled
+    assert "step_tensors" in vars(compiled)  # the step runs as one compiled function
     steps = 4  # warm-up lasts 2 steps: both branches run
-    for got, want in zip(_train(compiled, steps), _train(eager, steps), strict=True):
+    counters.clear()
+    got_terms = _train(compiled, steps)
+    # one graph per branch (warm-up or not), none split by a graph break
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    for got, want in zip(got_terms, _train(eager, steps), strict=True):
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
     for (name, got), (_, want) in zip(
@@ -40,6 +46,13 @@ def test_compiled_pico_matches_eager_through_warmup_and_after():
     ):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
     assert torch.count_nonzero(compiled.prototypes) > 0  # the post-warm-up path ran
+
+
+def test_methods_without_a_step_graph_compile_only_their_modules():
+    method = build_method(method_config("simclr").method)
+    method.compile_parts()
+    assert method.step_graph is None and "training_step" not in vars(method)
+    assert all(child._compiled_call_impl is not None for child in method.children())
 
 
 def test_compiled_augmentation_matches_eager():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pico.core.distributed import get_world_size
 from pico.core.ema import ema_step_, momentum_tensors
 
 
@@ -74,6 +75,10 @@ class Method(nn.Module):
     views: tuple[str, ...] = ("weak",)
     #: whether the method trains on candidate sets (enables partial-label metrics)
     uses_candidates: bool = False
+    #: name of the method function holding a step's tensor work (encoders and losses),
+    #: compiled as one graph by :meth:`compile_parts`; it must not read ``StepInfo``
+    #: values that change every step. ``None``: only the child modules are compiled.
+    step_graph: str | None = None
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         """Losses for one batch; the key ``"loss"`` is minimised, the rest are logged."""
@@ -106,10 +111,16 @@ class Method(nn.Module):
 
     def compile_parts(self, mode: str = "default") -> None:
         """``torch.compile`` the parts of the step worth compiling (``trainer.compile``):
-        every child module (encoders, heads). Methods may add their own tensor functions;
-        module names and checkpoints stay as they are."""
+        every child module (encoders, heads; evaluation runs them) and, in one process,
+        the :attr:`step_graph` function as one graph, so a step runs one forward and one
+        backward graph (CUDA-graph modes replay each with one launch). Under torchrun
+        the step stays split at its gathers, which are collectives. Module names and
+        checkpoints stay as they are."""
         for child in self.children():
             child.compile(mode=mode)
+        if self.step_graph is not None and get_world_size() == 1:
+            step = getattr(type(self), self.step_graph).__get__(self)
+            setattr(self, self.step_graph, torch.compile(step, mode=mode))
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         """Called after each optimizer step (momentum encoders, memory banks)."""

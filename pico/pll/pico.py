@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad, gather_with_grad, get_rank, get_world_size
+from pico.core.distributed import gather_no_grad, gather_with_grad, get_rank
 from pico.core.ema import momentum_copy
 from pico.core.losses import sup_con
 from pico.core.queue import FeatureQueue, queue_size_for
@@ -75,6 +75,7 @@ class PiCO(ClassifierMethod):
     method_name = "pico"
     #: extra queue columns stored beside each key (name, dtype)
     queue_columns: tuple[tuple[str, torch.dtype], ...] = (("label", torch.long),)
+    step_graph = "step_tensors"
 
     def __init__(
         self,
@@ -139,18 +140,17 @@ class PiCO(ClassifierMethod):
             k = F.normalize(self.key_head(self.key_backbone(strong)), dim=1)
         return logits, q, k
 
-    def compile_parts(self, mode: str = "default") -> None:
-        """The encoders and, in one process, :meth:`losses` (the step's many small tensor
-        ops, fused; CUDA-graph modes replay them at once). Under torchrun :meth:`losses`
-        stays eager: its gathers are collectives."""
-        super().compile_parts(mode)
-        if get_world_size() == 1:
-            self.losses = torch.compile(type(self).losses.__get__(self), mode=mode)
-
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         weak, strong = batch.views
+        return self.step_tensors(batch.index, weak, strong, self.in_warmup(info))
+
+    def step_tensors(
+        self, index: Tensor, weak: Tensor, strong: Tensor, warmup: bool
+    ) -> dict[str, Tensor]:
+        """The tensor work of a step: :meth:`encode`, then :meth:`losses` (the
+        :attr:`step_graph`: ``warmup`` is a bool, so the step compiles to two graphs)."""
         logits, q, k = self.encode(weak, strong)
-        return self.losses(batch.index, logits, q, k, self.in_warmup(info))
+        return self.losses(index, logits, q, k, warmup)
 
     def losses(
         self, index: Tensor, logits: Tensor, q: Tensor, k: Tensor, warmup: bool

@@ -154,6 +154,7 @@ class PiCOPlus(PiCO):
 
     method_name = "pico_plus"
     queue_columns = (("label", torch.long), ("reliable", torch.bool))
+    step_graph = None  # its own training_step, which branches on the step
 
     def __init__(
         self,
