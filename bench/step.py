@@ -27,6 +27,8 @@ Methods are built through the training configs (``configs/train.yaml`` composed 
 classes), so no dataset is needed. Views are fixed random tensors; times are the median
 of ``--iters`` iterations after ``--warmup`` untimed ones, with ``torch.cuda.synchronize``
 around each on CUDA. Step and floor iterations alternate, so load changes hit both.
+With ``--compile`` the floor is compiled as the step is: one graph where the method
+compiles its step as one (``Method.step_graph``, PiCO), its modules one by one otherwise.
 
 Example::
 
@@ -228,8 +230,11 @@ class StepBench:
         if channels_last:
             method.to(memory_format=torch.channels_last)
         self.compiled = compile_mode is not None
+        self.floor_loss = self._floor_loss
         if self.compiled:
             method.compile_parts(compile_mode)
+            if method.step_graph is not None:  # the step is one graph: so is the floor
+                self.floor_loss = torch.compile(self._floor_loss, mode=compile_mode)
         self.optimizer = build_optimizer(method.optim_parameters(), cfg.trainer.optimizer)
         self.amp = cuda and cfg.trainer.amp
         self.sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -264,12 +269,15 @@ class StepBench:
         self.optimizer.step()
         self.method.after_optimizer_step(self.info)
 
+    def _floor_loss(self, views: list[Tensor]) -> Tensor:
+        outputs = FLOORS[self.method_name](self.method, views)
+        return sum(out.float().mean() for out in outputs)
+
     def floor(self) -> None:
         """Online encoder forward + backward, key / target encoder forward, optimizer step."""
         self._begin()
         with self._autocast():
-            outputs = FLOORS[self.method_name](self.method, self.batch.views)
-            loss = sum(out.float().mean() for out in outputs)
+            loss = self.floor_loss(self.batch.views)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
