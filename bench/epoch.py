@@ -152,14 +152,7 @@ def run(method: str, data: str, epochs: int, overrides: list[str], run_dir: Path
     exp = build_experiment(cfg)
     load_s = time.perf_counter() - start
     trainer = TimedTrainer(cfg.trainer, run_dir, cfg.seed)
-    trainer.fit(
-        exp.method,
-        exp.bundle,
-        exp.augmenters,
-        exp.evaluator,
-        select_metric=cfg.eval.select_metric,
-        select_mode=cfg.eval.select_mode,
-    )
+    exp.fit(trainer, cfg.eval)
     steps = len(exp.bundle.train) // cfg.trainer.batch_size or 1
     return EpochRow(
         method, cfg.data.name, model, cfg.trainer.batch_size, steps, load_s, trainer.epoch_times

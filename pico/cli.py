@@ -99,16 +99,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         print(config_yaml)
     exp = build_experiment(cfg)
     trainer = Trainer(cfg.trainer, run_dir, cfg.seed)
-    result = trainer.fit(
-        exp.method,
-        exp.bundle,
-        exp.augmenters,
-        exp.evaluator,
-        select_metric=cfg.eval.select_metric,
-        select_mode=cfg.eval.select_mode,
-        config_yaml=config_yaml,
-        resume=cfg.resume,
-    )
+    result = exp.fit(trainer, cfg.eval, config_yaml=config_yaml, resume=cfg.resume)
     if not main:
         return result
     rows = {"final": result["final"]}

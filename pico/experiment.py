@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -18,6 +19,9 @@ from pico.eval.evaluator import Evaluator
 from pico.models.factory import build_backbone
 from pico.pll.candidates import candidate_summary, format_candidate_summary
 
+if TYPE_CHECKING:
+    from pico.engine.trainer import Trainer
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +34,20 @@ class Experiment:
     augmenters: dict[str, BatchAugment]
     evaluator: Evaluator
     device: torch.device
+
+    def fit(self, trainer: Trainer, eval_cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
+        """Train with ``trainer`` on these pieces, the best checkpoint chosen by
+        ``eval_cfg.select_metric`` and ``select_mode``; ``kwargs`` go to
+        :meth:`~pico.engine.trainer.Trainer.fit` (``config_yaml``, ``resume``)."""
+        return trainer.fit(
+            self.method,
+            self.bundle,
+            self.augmenters,
+            self.evaluator,
+            select_metric=eval_cfg.select_metric,
+            select_mode=eval_cfg.select_mode,
+            **kwargs,
+        )
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:

@@ -113,14 +113,7 @@ def _train(cfg: DictConfig, name: str, run_dir: Path, resume: Path | None = None
     if name not in KEEP_BN:
         _strip_batch_norm(exp.method)
     trainer = CapturingTrainer(cfg.trainer, run_dir, cfg.seed)
-    result = trainer.fit(
-        exp.method,
-        exp.bundle,
-        exp.augmenters,
-        exp.evaluator,
-        select_metric=cfg.eval.select_metric,
-        resume=str(resume) if resume else None,
-    )
+    result = exp.fit(trainer, cfg.eval, resume=str(resume) if resume else None)
     state = {k: v.clone() for k, v in exp.method.state_dict().items()}
     return {"state": state, "history": result["history"]}
 
