@@ -34,9 +34,10 @@ def make_config(tmp_path):
     return make
 
 
-def tiny_backbone(out_dim: int = 32) -> nn.Module:
-    """Flatten -> Linear: a backbone for 1x4x4 images with ``out_dim`` features."""
-    net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(TINY_SHAPE), out_dim))
+def tiny_backbone(out_dim: int = 32, relu: bool = False) -> nn.Module:
+    """Flatten -> Linear (-> ReLU): a backbone for 1x4x4 images with ``out_dim`` features."""
+    layers = [nn.Flatten(), nn.Linear(math.prod(TINY_SHAPE), out_dim)]
+    net = nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
     net.out_dim = out_dim
     return net
 
@@ -50,6 +51,16 @@ def tiny_task(num_train: int = 8, num_classes: int = 3) -> TaskInfo:
         kind="image",
         train_targets=torch.zeros(num_train, dtype=torch.long),
     )
+
+
+def candidate_task(num_train: int = 24, num_classes: int = 4, seed: int = 0) -> TaskInfo:
+    """TaskInfo of ``num_train`` 1x4x4 rows labelled ``row % num_classes`` with seeded
+    candidate sets: the true label, and every other label with probability 0.4."""
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.arange(num_train) % num_classes
+    candidates = torch.rand(num_train, num_classes, generator=gen) < 0.4
+    candidates[torch.arange(num_train), targets] = True
+    return TaskInfo(num_classes, num_train, TINY_SHAPE, "image", targets, candidates)
 
 
 def step_info(step: int = 0, steps_per_epoch: int = 1) -> StepInfo:

@@ -2,33 +2,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from conftest import candidate_task, tiny_backbone
 
-from pico.engine.method import Batch, StepInfo, TaskInfo
+from pico.engine.method import Batch, StepInfo
 from pico.pll.pico import PiCO
 
-N, C, D = 24, 4, 16
-
-
-class TinyBackbone(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(D, 8))
-        self.out_dim = 8
-
-    def forward(self, x):
-        return self.net(x)
+N, C = 24, 4
 
 
 def make_pico(**kw):
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    targets = torch.arange(N) % C
-    cands = torch.rand(N, C, generator=gen) < 0.4
-    cands[torch.arange(N), targets] = True
-    task = TaskInfo(C, N, (1, 4, 4), "image", targets, cands)
+    task = candidate_task(N, C)
     defaults = dict(proj_dim=6, queue_size=10, warmup_epochs=0, warmup_min_steps=2)
-    return PiCO(TinyBackbone(), task, **{**defaults, **kw}), cands
+    return PiCO(tiny_backbone(8), task, **{**defaults, **kw}), task.train_candidates
 
 
 def batch(index, seed=0):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from conftest import candidate_task, tiny_backbone
 
 import pico.pll.pico_plus as pico_plus
 from pico.cli import run_training
@@ -24,28 +24,16 @@ from pico.pll.pico_plus import (
 )
 from pico.pll.prototypes import update_prototypes
 
-N, C, D = 24, 4, 16
+N, C = 24, 4
 WARMUP = 2
 
 
-class TinyBackbone(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(D, 8))
-        self.out_dim = 8
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def make_task():
-    gen = torch.Generator().manual_seed(0)
-    targets = torch.arange(N) % C
-    cands = torch.rand(N, C, generator=gen) < 0.4
-    cands[torch.arange(N), targets] = True
+    task = candidate_task(N, C)
+    cands, targets = task.train_candidates, task.train_targets
     cands[:4, targets[:4]] = False  # noisy rows: true label missing
     cands[:4, (targets[:4] + 1) % C] = True
-    return TaskInfo(C, N, (1, 4, 4), "image", targets, cands)
+    return task
 
 
 def make_model(cls=PiCOPlus, **kw):
@@ -53,7 +41,7 @@ def make_model(cls=PiCOPlus, **kw):
     defaults = dict(proj_dim=6, queue_size=12, warmup_epochs=0, warmup_min_steps=WARMUP)
     if cls is PiCOPlus:
         defaults.update(knn_neighbors=3, reliable_share=0.5)
-    return cls(TinyBackbone(), make_task(), **{**defaults, **kw})
+    return cls(tiny_backbone(8), make_task(), **{**defaults, **kw})
 
 
 def batch(index, seed=0):
@@ -378,7 +366,7 @@ def test_bad_arguments_are_refused(kw, match):
 def test_missing_candidates_name_pico_plus():
     task = TaskInfo(C, N, (1, 4, 4), "image", torch.arange(N) % C, None)
     with pytest.raises(ValueError, match="method=pico_plus"):
-        PiCOPlus(TinyBackbone(), task)
+        PiCOPlus(tiny_backbone(8), task)
 
 
 def test_one_epoch_end_to_end_on_noisy_digits(make_config, tmp_path):

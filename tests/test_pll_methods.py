@@ -9,9 +9,9 @@ import scipy.io
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from conftest import candidate_task, tiny_backbone
 
-from pico.engine.method import Batch, StepInfo, TaskInfo
+from pico.engine.method import Batch, StepInfo
 from pico.pll.candidates_buffer import softmax_within, weighted_cross_entropy
 from pico.pll.cavl import CAVL, cav_targets, class_activation_values
 from pico.pll.cc import CC, candidate_prediction, cc_loss
@@ -213,28 +213,14 @@ def test_cav_target_stays_a_candidate_when_every_candidate_value_is_negative():
 
 # ---------------------------------------------------------------- methods on a tiny batch
 
-N, D = 24, 16
-
-
-class TinyBackbone(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(D, 8), nn.ReLU())
-        self.out_dim = 8
-
-    def forward(self, x):
-        return self.net(x)
+N = 24
 
 
 def make_method(name, **kw):
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    targets = torch.arange(N) % C
-    cands = torch.rand(N, C, generator=gen) < 0.4
-    cands[torch.arange(N), targets] = True
-    task = TaskInfo(C, N, (1, 4, 4), "image", targets, cands)
+    task = candidate_task(N, C)
     cls = {"cc": CC, "rc": RC, "lws": LWS, "cavl": CAVL}[name]
-    return cls(TinyBackbone(), task, **kw), cands
+    return cls(tiny_backbone(8, relu=True), task, **kw), task.train_candidates
 
 
 def tiny_batch(index):
@@ -357,19 +343,17 @@ def test_cavl_targets_stay_uniform_through_warm_up_then_follow_the_cav_rule():
 
 
 def test_cavl_rejects_a_negative_warm_up():
-    _, cands = make_method("cc")
-    task = TaskInfo(C, N, (1, 4, 4), "image", torch.arange(N) % C, cands)
+    task = candidate_task(N, C)
     with pytest.raises(ValueError, match=r"method\.warmup_steps=-1 must be >= 0"):
-        CAVL(TinyBackbone(), task, warmup_steps=-1)
+        CAVL(tiny_backbone(8, relu=True), task, warmup_steps=-1)
 
 
 def test_lws_rejects_bad_settings():
-    _, cands = make_method("cc")
-    task = TaskInfo(C, N, (1, 4, 4), "image", torch.arange(N) % C, cands)
+    task = candidate_task(N, C)
     with pytest.raises(ValueError, match=r"method\.beta=-1.*>= 0"):
-        LWS(TinyBackbone(), task, beta=-1.0)
+        LWS(tiny_backbone(8, relu=True), task, beta=-1.0)
     with pytest.raises(ValueError, match=r"method\.loss='hinge'"):
-        LWS(TinyBackbone(), task, loss="hinge")
+        LWS(tiny_backbone(8, relu=True), task, loss="hinge")
     with pytest.raises(ValueError, match=r"got 'hinge'"):
         lws_loss(
             torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2), 1.0, "hinge"
