@@ -86,6 +86,30 @@ def test_knn_monitor_reads_the_bank_and_final_evaluation_adds_recomputed(setup):
     assert evaluator.evaluate(method, {"knn"})["val/knn_top1"] == recomputed  # pico-eval
 
 
+class _RowCounter(nn.Module):
+    """Identity that counts the rows it has seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += len(x)
+        return x
+
+
+def test_final_evaluation_computes_each_splits_features_once(setup):
+    evaluator, bundle, method = setup
+    evaluator.cfg.linear_probe = True
+    method.backbone = _RowCounter()
+    final = evaluator(method, final=True)  # bank kNN, fresh kNN and the linear probe
+    assert {"test/linear_top1", "val/knn_top1_features"} <= final.keys()
+    assert method.backbone.rows == len(bundle.train) + len(bundle.val) + len(bundle.test)
+    method.backbone.rows = 0
+    evaluator(method, final=True)  # nothing is kept from one evaluation to the next
+    assert method.backbone.rows == len(bundle.train) + len(bundle.val) + len(bundle.test)
+
+
 def test_collect_batches_and_empty_inputs():
     x = torch.randn(11, 4)
     calls = []

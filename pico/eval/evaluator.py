@@ -10,7 +10,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from pico.core.distributed import broadcast_object, gather_shards, is_main_process
+from pico.core.distributed import (
+    broadcast_object,
+    gather_shards,
+    get_world_size,
+    is_main_process,
+)
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle, Split
 from pico.engine.method import Method
@@ -64,6 +69,31 @@ class Evaluator:
         self.bundle = bundle
         self.preprocess = preprocess
         self.device = device
+        #: backbone features kept during one evaluation, by (split, gathered)
+        self._kept: dict[tuple[int, bool], Tensor] | None = None
+
+    @contextlib.contextmanager
+    def _keeping_features(self) -> Iterator[None]:
+        """Backbone features of each split computed once in the block (the encoder does
+        not change within an evaluation): the kNN and the linear probe share them."""
+        if self._kept is not None:  # an enclosing block keeps them already
+            yield
+            return
+        self._kept = {}
+        try:
+            yield
+        finally:
+            self._kept = None
+
+    def _features(self, method: Method, split: Split, gather: bool = True) -> Tensor:
+        """Backbone features of ``split`` as :meth:`_run` computes them, kept while
+        :meth:`_keeping_features` is active."""
+        if self._kept is None:
+            return self._run(method.features, split, gather)
+        key = (id(split), gather or get_world_size() == 1)  # one process: the same rows
+        if key not in self._kept:
+            self._kept[key] = self._run(method.features, split, gather)
+        return self._kept[key]
 
     def _run(self, fn, split: Split, gather: bool = True) -> Tensor | None:
         """``fn`` over ``split`` sharded over the ranks: all rows, or with ``gather=False``
@@ -92,11 +122,12 @@ class Evaluator:
             parts.add("knn")
         if final and self.cfg.linear_probe:
             parts.add("linear")
-        metrics = self.evaluate(method, parts, use_bank=True)
-        if final and "knn" in parts and method.knn_bank() is not None:
-            with eval_mode(method):
-                fresh = self._knn(method, use_bank=False)
-            metrics.update({f"{key}_features": value for key, value in fresh.items()})
+        with self._keeping_features():
+            metrics = self.evaluate(method, parts, use_bank=True)
+            if final and "knn" in parts and method.knn_bank() is not None:
+                with eval_mode(method):
+                    fresh = self._knn(method, use_bank=False)
+                metrics.update({f"{key}_features": value for key, value in fresh.items()})
         return metrics
 
     @torch.no_grad()
@@ -112,7 +143,7 @@ class Evaluator:
         if unknown:
             raise ValueError(f"unknown evaluation {sorted(unknown)}; choose from {PARTS}")
         metrics: dict[str, float] = {}
-        with eval_mode(method):
+        with eval_mode(method), self._keeping_features():
             if "classifier" in parts:
                 for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
                     if len(split):
@@ -157,17 +188,20 @@ class Evaluator:
         ranks), or with ``use_bank`` a method's own bank, queried in its embedding space.
         Each rank scores its shard of the queries; the scores are gathered."""
         bank = method.knn_bank() if use_bank else None
-        features = method.embed if bank is not None else method.features
-        train = bank if bank is not None else self._run(method.features, self.bundle.train)
+        train = bank if bank is not None else self._features(method, self.bundle.train)
         labels = self.bundle.train.targets.to(self.device)
         out: dict[str, float] = {}
         for name, split in (("val", self.bundle.val), ("test", self.bundle.test)):
             if not len(split):
                 continue
+            if bank is not None:
+                queries = self._run(method.embed, split, gather=False)
+            else:
+                queries = self._features(method, split, gather=False)
             scores = knn_predict(
                 train.to(self.device),
                 labels,
-                self._run(features, split, gather=False),
+                queries,
                 self.bundle.num_classes,
                 k=self.cfg.knn.k,
                 temperature=self.cfg.knn.temperature,
@@ -179,8 +213,8 @@ class Evaluator:
     def _linear(self, method: Method) -> dict[str, float]:
         """Linear probe: logistic regression on frozen backbone features, train -> test
         (fitted on rank 0, the result broadcast)."""
-        train = self._run(method.features, self.bundle.train)
-        test = self._run(method.features, self.bundle.test)
+        train = self._features(method, self.bundle.train)
+        test = self._features(method, self.bundle.test)
         outcome: dict[str, float] | ValueError | None = None
         if is_main_process():
             try:
