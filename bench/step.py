@@ -324,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     common.add_compile_option(
-        parser, "torch.compile each submodule (MODE: default, reduce-overhead, ...)"
+        parser, "compile as trainer.compile=true does (MODE: default, reduce-overhead, ...)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--record", action="store_true", help="append a dated section to --results")
