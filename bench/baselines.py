@@ -45,7 +45,7 @@ from pico.models.factory import build_backbone
 # bench/baselines.py would shadow the `baselines` package: the folder is taken off the
 # path (every entry of it) right after the shared helpers (bench/common.py) are imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, command_line, machine, mean_std, record, section
+from common import BENCH, command_line, machine, markdown_table, mean_std, record, section
 from common import train as train_run
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
@@ -114,23 +114,28 @@ def final_knn(result: dict) -> float:
 
 def table(refs: list[dict], results: dict[str, list[dict]]) -> str:
     """Markdown table: reference points first, then one row per method."""
-    lines = [
-        "| method | kNN test, last epoch (%) | kNN test, selected on val (%) "
-        "| linear probe test (%) | seconds / run |",
-        "|---|---|---|---|---|",
+    header = [
+        "method",
+        "kNN test, last epoch (%)",
+        "kNN test, selected on val (%)",
+        "linear probe test (%)",
+        "seconds / run",
     ]
+    rows = []
     for name in refs[0]:
-        knn = mean_std([r[name]["knn"] for r in refs])
-        lines.append(f"| {name} | {knn} | - | {mean_std([r[name]['linear'] for r in refs])} | - |")
+        knn, linear = (mean_std([r[name][key] for r in refs]) for key in ("knn", "linear"))
+        rows.append([name, knn, "-", linear, "-"])
     for method, runs in results.items():
-        cells = [
-            mean_std([final_knn(r) for r in runs]),
-            mean_std([r["best"]["test/knn_top1"] for r in runs]),
-            mean_std([r["final"]["test/linear_top1"] for r in runs]),
-            f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}",
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(
+            [
+                method,
+                mean_std([final_knn(r) for r in runs]),
+                mean_std([r["best"]["test/knn_top1"] for r in runs]),
+                mean_std([r["final"]["test/linear_top1"] for r in runs]),
+                f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}",
+            ]
+        )
+    return markdown_table(header, rows)
 
 
 def verdicts(refs: list[dict], results: dict[str, list[dict]], limit_s: float) -> str:

@@ -1,5 +1,5 @@
 """Helpers shared by the bench scripts: machine description, ``pico-train`` runs, mean ± std
-cells and sections of ``bench/RESULTS.md``.
+cells, Markdown tables and sections of ``bench/RESULTS.md``.
 
 ``bench/`` is not a package: a script imports this module with its own folder first on
 ``sys.path`` and removes the folder again right after (see the top of ``bench/compare.py``).
@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -67,6 +68,13 @@ def mean_std(values: list[float]) -> str:
     if len(pct) == 1:
         return f"{pct[0]:.2f}"
     return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table: the ``header`` cells, the separator line, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def command_line(script: str, argv: list[str]) -> str:

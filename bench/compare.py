@@ -48,7 +48,16 @@ from omegaconf import OmegaConf
 # bench/baselines.py would shadow the `baselines` package: the folder is taken off the
 # path (every entry of it) right after the shared helpers (bench/common.py) are imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, TRAIN, command_line, machine, mean_std, record, section
+from common import (
+    BENCH,
+    TRAIN,
+    command_line,
+    machine,
+    markdown_table,
+    mean_std,
+    record,
+    section,
+)
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
@@ -284,18 +293,15 @@ def table(
     seeds than the fullest one, ``-`` a missing one."""
     rows, columns, cells = _grid(results, methods, datasets)
     full = max(len(v) for v in cells.values())
-    lines = [
-        "| method | " + " | ".join(_label(c) for c in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
-    ]
+    lines = []
     for method in rows:
-        out = []
+        out = [method]
         for column in columns:
             values = cells.get((method, column), [])
             cell = mean_std(values) if values else "-"
             out.append(cell + (f" (n={len(values)})" if 0 < len(values) < full else ""))
-        lines.append(f"| {method} | " + " | ".join(out) + " |")
-    return "\n".join(lines)
+        lines.append(out)
+    return markdown_table(["method", *map(_label, columns)], lines)
 
 
 def plot(

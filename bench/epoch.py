@@ -161,18 +161,26 @@ def run(method: str, data: str, epochs: int, overrides: list[str], run_dir: Path
 
 def table(rows: list[EpochRow]) -> str:
     """Markdown table of the runs."""
-    lines = [
-        "| method | data | model | batch | steps / epoch | load s | first epoch s "
-        "| s / epoch | train s | eval + ckpt s | train img / s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "method",
+        "data",
+        "model",
+        "batch",
+        "steps / epoch",
+        "load s",
+        "first epoch s",
+        "s / epoch",
+        "train s",
+        "eval + ckpt s",
+        "train img / s",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r.method} | {r.data} | {r.model} | {r.batch_size} | {r.steps} | {r.load_s:.1f} "
-            f"| {r.first_s:.2f} | {r.epoch_s:.2f} | {r.train_s:.2f} | {r.eval_s:.2f} "
-            f"| {r.images_per_s:,.0f} |"
-        )
-    return "\n".join(lines)
+    cells = [
+        [r.method, r.data, r.model, r.batch_size, r.steps, f"{r.load_s:.1f}"]
+        + [f"{v:.2f}" for v in (r.first_s, r.epoch_s, r.train_s, r.eval_s)]
+        + [f"{r.images_per_s:,.0f}"]
+        for r in rows
+    ]
+    return common.markdown_table(header, cells)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

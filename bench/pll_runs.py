@@ -26,7 +26,7 @@ from pathlib import Path
 # bench/baselines.py would shadow the `baselines` package: the folder is taken off the
 # path (every entry of it) right after the shared helpers (bench/common.py) are imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, command_line, machine, mean_std, record, section, train
+from common import BENCH, command_line, machine, markdown_table, mean_std, record, section, train
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
@@ -41,14 +41,19 @@ def parse_run(text: str) -> tuple[str, list[str]]:
 
 def table(results: dict[str, list[dict]]) -> str:
     """Markdown table of the results of every label."""
-    lines = [
-        "| run | test acc, selected (%) | test acc, last epoch (%) | prototype acc (%) "
-        "| disambiguation (%) | seconds / run |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "run",
+        "test acc, selected (%)",
+        "test acc, last epoch (%)",
+        "prototype acc (%)",
+        "disambiguation (%)",
+        "seconds / run",
     ]
+    rows = []
     for label, runs in results.items():
         best = [r["best"] for r in runs]
         cells = [
+            label,
             mean_std([b["test/top1"] for b in best]),
             mean_std([r["final"]["test/top1"] for r in runs]),
             mean_std([b["test/proto_acc"] for b in best]) if "test/proto_acc" in best[0] else "-",
@@ -57,8 +62,8 @@ def table(results: dict[str, list[dict]]) -> str:
             else "-",
             f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}",
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def main() -> None:

@@ -298,17 +298,13 @@ class StepBench:
 
 def table(rows: list[Row]) -> str:
     """Markdown table: method, model, input, queue, step ms, floor ms, ratio."""
-    lines = [
-        "| method | model | input | queue | step ms | floor ms | step / floor |",
-        "|---|---|---|---|---|---|---|",
+    header = ["method", "model", "input", "queue", "step ms", "floor ms", "step / floor"]
+    cells = [
+        [row.method, row.model, "x".join(map(str, row.input_shape)), row.queue or "-"]
+        + [f"{v:.2f}" for v in (row.step_ms, row.floor_ms, row.ratio)]
+        for row in rows
     ]
-    for row in rows:
-        shape = "x".join(map(str, row.input_shape))
-        lines.append(
-            f"| {row.method} | {row.model} | {shape} | {row.queue or '-'} | {row.step_ms:.2f} "
-            f"| {row.floor_ms:.2f} | {row.ratio:.2f} |"
-        )
-    return "\n".join(lines)
+    return common.markdown_table(header, cells)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
