@@ -48,3 +48,36 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+
+
+def _readme_blocks(section: str) -> dict[str, str]:
+    """The fenced code blocks of a README section, by language."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = {}
+    for chunk in body.split("```")[1::2]:
+        language, code = chunk.split("\n", 1)
+        blocks[language] = code
+    return blocks
+
+
+def test_the_readme_method_example_trains_and_evaluates(tmp_path):
+    blocks = _readme_blocks("Adding a method")
+    (tmp_path / "mymethods").mkdir()
+    (tmp_path / "mymethods" / "__init__.py").write_text("")
+    (tmp_path / "mymethods" / "likelihood.py").write_text(blocks["python"])
+    (tmp_path / "my_configs" / "method").mkdir(parents=True)
+    (tmp_path / "my_configs" / "method" / "likelihood.yaml").write_text(blocks["yaml"])
+    command = blocks["bash"].split("pico-train ", 1)[1].replace("$PWD", str(tmp_path)).split()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    short = ["trainer.epochs=3", "trainer.progress=false"]  # enough to leave chance behind
+    args = [BIN / "pico-train", *command, *short, f"run_dir={tmp_path / 'run'}"]
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "best checkpoint chosen by val/approx_acc" in out.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    args = [BIN / "pico-eval", f"checkpoint={ckpt}", "device=cpu", "parts=classifier"]
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert metrics["test/top1"] > 0.5  # digits: chance is 0.1
