@@ -342,6 +342,15 @@ def test_cavl_targets_stay_uniform_through_warm_up_then_follow_the_cav_rule():
     assert torch.equal(method.targets[rest], before[rest])
 
 
+@pytest.mark.parametrize("name", ["cc", "rc", "lws", "cavl"])
+def test_data_without_candidates_is_refused_with_the_methods_own_name(name):
+    task = candidate_task(N, C)
+    task.train_candidates = None
+    cls = {"cc": CC, "rc": RC, "lws": LWS, "cavl": CAVL}[name]
+    with pytest.raises(ValueError, match=rf"method={name} trains on candidate label sets"):
+        cls(tiny_backbone(8, relu=True), task)
+
+
 def test_cavl_rejects_a_negative_warm_up():
     task = candidate_task(N, C)
     with pytest.raises(ValueError, match=r"method\.warmup_steps=-1 must be >= 0"):
