@@ -313,7 +313,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name, kw):
 
 
 def test_cavl_targets_stay_uniform_through_warm_up_then_follow_the_cav_rule():
-    method, cands = make_method("cavl", warmup_steps=3)
+    method, cands = make_method("cavl", warmup_min_steps=3, warmup_share=0.5)
     index = [3, 0, 7, 11]
     batch = tiny_batch(index)
     before = method.targets.clone()
@@ -353,8 +353,8 @@ def test_data_without_candidates_is_refused_with_the_methods_own_name(name):
 
 def test_cavl_rejects_a_negative_warm_up():
     task = candidate_task(N, C)
-    with pytest.raises(ValueError, match=r"method\.warmup_steps=-1 must be >= 0"):
-        CAVL(tiny_backbone(8, relu=True), task, warmup_steps=-1)
+    with pytest.raises(ValueError, match=r"method\.warmup_min_steps=-1 must be >= 0"):
+        CAVL(tiny_backbone(8, relu=True), task, warmup_min_steps=-1)
 
 
 def test_lws_rejects_bad_settings():

@@ -14,6 +14,7 @@ from pico.pll.candidates_buffer import (
     weighted_cross_entropy,
 )
 from pico.pll.supervised import ClassifierMethod
+from pico.pll.warmup import Warmup
 
 
 def class_activation_values(logits: Tensor) -> Tensor:
@@ -40,30 +41,41 @@ class CAVL(ClassifierMethod):
     Each row keeps target weights, uniform over its candidates at the start. The loss is
     the cross-entropy against the row's current targets; after it, the rows of the batch
     take one-hot targets from the detached logits of the same step, as the authors' code
-    does. From the first step (``warmup_steps=0``, the paper's rule) a row keeps its
-    uniform targets only until its first visit, i.e. for one epoch: hundreds of steps on
-    the paper's data, 20 on digits. ``warmup_steps`` keeps every target uniform for that
-    many optimizer steps before re-selection starts.
+    does. With the paper's rule (no warm-up) a row keeps its uniform targets only until
+    its first visit, i.e. for one epoch: hundreds of steps on the paper's data, 20 on
+    digits, where the one-hot targets of an untrained model lock in. So every target stays
+    uniform through a warm-up (:class:`~pico.pll.warmup.Warmup`: ``warmup_epochs``, at
+    least ``warmup_min_steps`` steps unless that takes more than ``warmup_share`` of the
+    run) before re-selection starts; ``warmup_min_steps=0`` gives the paper's rule.
     """
 
     views = ("weak",)
     uses_candidates = True
 
-    def __init__(self, backbone: nn.Module, task: TaskInfo, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: TaskInfo,
+        warmup_epochs: float = 0.0,
+        warmup_min_steps: int = 600,
+        warmup_share: float = 0.25,
+    ) -> None:
         super().__init__(backbone, task)
-        if warmup_steps < 0:
-            raise ValueError(
-                f"method.warmup_steps={warmup_steps} must be >= 0 (0: the paper's rule)"
-            )
+        self.warmup = Warmup(warmup_epochs, warmup_min_steps, warmup_share)
         candidates = require_candidates(task, "cavl")
         self.register_buffer("candidates", candidates)
         self.register_buffer("targets", uniform_confidence(candidates))
-        self.warmup_steps = int(warmup_steps)
+        self._warmup_checked = False
+
+    def on_epoch_start(self, info: StepInfo) -> None:
+        if not self._warmup_checked:
+            self.warmup.check("cavl", info.steps_per_epoch, info.total_steps)
+            self._warmup_checked = True
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         logits = self.classifier(self.backbone(batch.views[0]))
         loss = weighted_cross_entropy(logits, self.targets[batch.index])
-        if info.step >= self.warmup_steps:
+        if info.step >= self.warmup.steps(info.steps_per_epoch, info.total_steps):
             updated = cav_targets(logits.detach(), self.candidates[batch.index])
             self.targets[gather_no_grad(batch.index)] = gather_no_grad(updated)
         return {"loss": loss}

@@ -22,6 +22,7 @@ from pico.pll.candidates_buffer import (
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
 from pico.pll.prototypes import update_prototypes
 from pico.pll.supervised import ClassifierMethod
+from pico.pll.warmup import Warmup
 
 
 @dataclass
@@ -54,6 +55,12 @@ class ContrastSet:
         """(b, M) mask of each anchor's own key, its positive in warm-up."""
         return self._mask(self.rows + self.batch)
 
+    def batch_entries(self) -> Tensor:
+        """(b, M) mask of the global batch's queries and keys (every column before the
+        queue)."""
+        positions = torch.arange(len(self.features), device=self.rows.device)
+        return (positions < 2 * self.batch)[None, :].expand(len(self.rows), -1)
+
 
 class PiCO(ClassifierMethod):
     """MoCo with candidate-aware pseudo-labels, class prototypes and label disambiguation.
@@ -64,9 +71,13 @@ class PiCO(ClassifierMethod):
     ``[q; k; queue]`` with pseudo-label positives (warm-up: instance positives only);
     the classifier learns from the confidence matrix.
 
-    Warm-up lasts ``max(warmup_epochs * steps_per_epoch, warmup_min_steps)`` optimizer
-    steps, so small datasets with few steps per epoch still get a long enough warm-up.
-    Warm-up gates both the prototype and the confidence updates.
+    Warm-up (:class:`~pico.pll.warmup.Warmup`) lasts the paper's ``warmup_epochs``, and at
+    least ``warmup_min_steps`` optimizer steps unless that floor would take more than
+    ``warmup_share`` of the run: small data sets with few steps per epoch get a long enough
+    warm-up, and no run stays in warm-up throughout. Warm-up gates both the prototype and
+    the confidence updates; its contrastive loss is MoCo's InfoNCE (positive: the row's own
+    key; negatives: the queue), or with ``warmup_batch_negatives`` also the batch's other
+    queries and keys.
     """
 
     views = ("weak", "strong")
@@ -91,7 +102,9 @@ class PiCO(ClassifierMethod):
         phi_start: float = 0.95,
         phi_end: float = 0.8,
         warmup_epochs: float = 1.0,
-        warmup_min_steps: int = 0,
+        warmup_min_steps: int = 600,
+        warmup_share: float = 0.25,
+        warmup_batch_negatives: bool = False,
     ) -> None:
         super().__init__(backbone, task)
         candidates = require_candidates(task, self.method_name)
@@ -111,14 +124,18 @@ class PiCO(ClassifierMethod):
         self.contrastive_weight = contrastive_weight
         self.proto_momentum = proto_momentum
         self.phi_range = (phi_start, phi_end)
-        self.warmup_epochs = warmup_epochs
-        self.warmup_min_steps = warmup_min_steps
+        self.warmup = Warmup(warmup_epochs, warmup_min_steps, warmup_share)
+        self.warmup_batch_negatives = warmup_batch_negatives
+        self._warmup_checked = False
 
     def warmup_steps(self, info: StepInfo) -> int:
         """Optimizer steps of warm-up for this run."""
-        return max(round(self.warmup_epochs * info.steps_per_epoch), self.warmup_min_steps)
+        return self.warmup.steps(info.steps_per_epoch, info.total_steps)
 
     def on_epoch_start(self, info: StepInfo) -> None:
+        if not self._warmup_checked:  # warn once per run when warm-up takes half of it
+            self.warmup.check(self.method_name, info.steps_per_epoch, info.total_steps)
+            self._warmup_checked = True
         self.phi.fill_(phi_schedule(info.epoch, info.epochs, *self.phi_range))
 
     def after_optimizer_step(self, info: StepInfo) -> None:
@@ -196,15 +213,15 @@ class PiCO(ClassifierMethod):
         return ContrastSet(features, valid, rows, batch)
 
     def instance_contrastive(self, q: Tensor, contrast: ContrastSet) -> Tensor:
-        """Warm-up loss: MoCo InfoNCE over ``[q; k; queue]`` (positive: own key)."""
-        return sup_con(
-            q,
-            contrast.features,
-            contrast.own_key(),
-            self.temperature,
-            contrast.own_query(),
-            contrast.valid,
-        )
+        """Warm-up loss: MoCo InfoNCE, the positive the row's own key and the negatives the
+        queue's filled slots, as in the official code; with ``warmup_batch_negatives`` the
+        other queries and keys of the batch are negatives too."""
+        own_key = contrast.own_key()
+        if self.warmup_batch_negatives:
+            exclude = contrast.own_query()
+        else:
+            exclude = contrast.batch_entries() & ~own_key
+        return sup_con(q, contrast.features, own_key, self.temperature, exclude, contrast.valid)
 
     def _contrastive(self, q: Tensor, k_all: Tensor, pseudo_all: Tensor, warmup: bool) -> Tensor:
         """SupCon over ``[q; k; queue]``: pseudo-label positives, or own key in ``warmup``."""
