@@ -11,20 +11,26 @@ from torch import Tensor
 def update_prototypes(
     prototypes: Tensor, features: Tensor, labels: Tensor, momentum: float
 ) -> Tensor:
-    """Batch form of the per-sample prototype update ``M_c <- norm(γ M_c + (1-γ) z)``.
+    """The official PiCO prototype update for a whole batch, with one matrix product.
 
-    The original applies the batch's samples one by one, renormalising after each.
-    Unrolling the recursion without the intermediate renormalisations gives, for class
-    ``c`` with samples ``z_1..z_n`` (batch order)::
+    The official code loops over the (gathered) batch, ``M_c <- γ M_c + (1-γ) z`` for each
+    sample ``z`` with pseudo-label ``c``, and L2-normalises all prototypes once, after the
+    loop. Unrolled, the loop gives for class ``c`` with samples ``z_1..z_n`` (batch
+    order)::
 
         M_c <- norm(γ^n M_c + (1-γ) Σ_k γ^(n-k) z_k)
 
-    which this computes with one matrix product. The intermediate renormalisations
-    only rescale the running vector by factors ``1 - O((1-γ)·(1 - cos))``, so both forms
-    point the same way up to ``O((1-γ)^2)`` per batch (tests bound the difference).
-    Classes absent from the batch are unchanged. A zero (never seen) prototype becomes
-    the normalised, nearly uniform weighted mean of its first batch, where the
-    sequential form would adopt the batch's first sample and weight it heavily.
+    which is what this computes: the same update, equal to the loop up to floating-point
+    rounding (the sums run in another order). Prototypes start at zero, so a class seen
+    for the first time takes the normalised, γ-weighted sum of its samples, as there.
+
+    Classes absent from the batch are returned unchanged, where the original normalises
+    them again. Such a row is zero (never seen, and ``F.normalize`` keeps zero at zero) or
+    was normalised at the end of its last update, so normalising it again changes it by
+    rounding only (a few ulp). The one exception: an update whose sum has a norm below
+    ``F.normalize``'s ``eps`` (1e-12) leaves a row shorter than 1, which the original
+    scales to unit norm after the next batch and this keeps until the class is seen again;
+    with unit-norm features that takes a near-exact cancellation.
     """
     num_classes = prototypes.shape[0]
     # scatter_ instead of F.one_hot, and a Python float as the base of pow instead of a
