@@ -39,14 +39,21 @@ class CAVL(ClassifierMethod):
     """Self-training on the candidate with the largest class activation value.
 
     Each row keeps target weights, uniform over its candidates at the start. The loss is
-    the cross-entropy against the row's current targets; after it, the rows of the batch
-    take one-hot targets from the detached logits of the same step, as the authors' code
-    does. With the paper's rule (no warm-up) a row keeps its uniform targets only until
-    its first visit, i.e. for one epoch: hundreds of steps on the paper's data, 20 on
-    digits, where the one-hot targets of an untrained model lock in. So every target stays
-    uniform through a warm-up (:class:`~pico.pll.warmup.Warmup`: ``warmup_epochs``, at
-    least ``warmup_min_steps`` steps unless that takes more than ``warmup_share`` of the
-    run) before re-selection starts; ``warmup_min_steps=0`` gives the paper's rule.
+    the cross-entropy against the row's current targets; after it, during the same step,
+    the rows of the batch take one-hot targets at the candidate with the largest class
+    activation value of that step's detached logits. The authors' code refreshes them
+    after the optimizer step instead, from a second forward pass of the updated model on
+    the same batch (``outputs * |1 - outputs| * Y`` on the raw outputs, one-hot at its
+    arg-max). So here the targets come from the model before this step's update, one
+    optimizer step older than there, and BatchNorm sees each batch once (the reference's
+    second pass runs in training mode: batch statistics, and a second update of the
+    running statistics). With the paper's rule (no warm-up) a row keeps its uniform
+    targets only until its first visit, i.e. for one epoch: hundreds of steps on the
+    paper's data, 20 on digits, where the one-hot targets of an untrained model lock in.
+    So every target stays uniform through a warm-up (:class:`~pico.pll.warmup.Warmup`:
+    ``warmup_epochs``, at least ``warmup_min_steps`` steps unless that takes more than
+    ``warmup_share`` of the run) before re-selection starts; ``warmup_min_steps=0`` gives
+    the paper's rule.
     """
 
     views = ("weak",)

@@ -19,9 +19,17 @@ from pico.pll.supervised import ClassifierMethod
 class PRODEN(ClassifierMethod):
     """Self-training restricted to the candidates.
 
-    Each row keeps label weights (uniform over its candidates at the start); the loss
-    is the weighted cross-entropy, and after every step the rows of the batch take the
-    model's probabilities renormalised over their candidate set.
+    Each row keeps label weights (uniform over its candidates at the start); the loss is
+    the cross-entropy weighted by the rows' current weights. During the same step, the
+    rows of the batch take the step's detached probabilities renormalised over their
+    candidate set, so the new weights come from the model before this step's update.
+    The official code does the same: its loss also returns the new weights, computed from
+    that forward pass, and stores them after the optimizer step. Two details differ
+    there: it renormalises ``softmax(outputs) * mask`` with ``mask`` the classes whose
+    current weight is positive, so a candidate whose weight underflowed to zero stays out
+    for good, and a row whose candidates' probabilities all underflow becomes 0/0; here
+    the softmax runs over the candidate set only
+    (:func:`~pico.pll.candidates_buffer.softmax_within`), which avoids both.
     """
 
     views = ("weak",)
