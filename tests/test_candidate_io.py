@@ -230,3 +230,34 @@ def test_mat_label_vector_base_chosen_by_candidates(tmp_path: Path) -> None:
     scipy.io.savemat(path, {"data": FEATURES, "target": stored, "partial_target": cand.T * 1.0})
     _, y, _ = load_pll_mat(path)
     assert torch.equal(y, torch.from_numpy(labels))
+
+
+def test_mat_source_reports_and_drops_rare_classes(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from pico.data.tabular import load_pll_mat_source
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 30 + [1] * 30 + [3] * 2 + [4] * 30)  # class 2 empty, 3 rare
+    n, c = len(labels), 5
+    target = np.zeros((c, n))
+    target[labels, np.arange(n)] = 1
+    partial = (rng.random((c, n)) < 0.3).astype(float)
+    partial[labels, np.arange(n)] = 1
+    path = tmp_path / "rare.mat"
+    scipy.io.savemat(path, {"data": rng.normal(size=(n, 4)), "target": target,
+                            "partial_target": partial})  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="pico.data.tabular"):
+        kept = load_pll_mat_source(str(path), seed=0)
+    report = caplog.records[0].getMessage()
+    assert "1 classes have no rows (2)" in report and "1 have fewer than 5 rows (3)" in report
+    assert kept.train.candidates.shape[1] == 5
+    dropped = load_pll_mat_source(str(path), seed=0, min_class_count=3)
+    assert dropped.class_names == ["0", "1", "4"]
+    assert len(dropped.train) + len(dropped.test) == 90
+    assert dropped.train.candidates.shape[1] == 3
+    for split in (dropped.train, dropped.test):
+        rows = torch.arange(len(split.targets))
+        assert split.candidates[rows, split.targets].all()  # true labels renumbered with them
+    with pytest.raises(ValueError, match=r"data\.min_class_count=31 leaves 0 class"):
+        load_pll_mat_source(str(path), seed=0, min_class_count=31)

@@ -257,3 +257,29 @@ def test_imagenet_resnet_loads_local_weights_and_rejects_mismatch(tmp_path):
         imagenet_resnet(34, weights=str(path))
     with pytest.raises(ValueError, match="does not exist"):
         imagenet_resnet(18, weights=str(tmp_path / "missing.pt"))
+
+
+def test_narrow_cifar_resnet_scales_every_stage() -> None:
+    torch.manual_seed(0)
+    net = cifar_resnet(18, width=16)
+    assert net.out_dim == 128
+    widths = [getattr(net, f"layer{i}")[0].conv1.out_channels for i in range(1, 5)]
+    assert widths == [16, 32, 64, 128] and net.conv1.out_channels == 16
+    full = sum(p.numel() for p in cifar_resnet(18).parameters())
+    narrow = sum(p.numel() for p in net.parameters())
+    assert 12 < full / narrow < 20  # conv weights scale with width squared
+    out = net(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    _assert_all_grads(net)
+    assert cifar_resnet(50, width=16).out_dim == 512
+
+
+def test_narrow_resnet_config_builds_a_quarter_width_network() -> None:
+    cfg = OmegaConf.load(CONFIG_DIR / "resnet18_narrow.yaml")
+    net = build_backbone(cfg, (3, 32, 32), "image")
+    assert net.out_dim == 128
+
+
+def test_cifar_resnet_refuses_a_zero_width() -> None:
+    with pytest.raises(ValueError, match=r"model\.width=0 must be a positive"):
+        cifar_resnet(18, width=0)

@@ -2,22 +2,80 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from pico.data.bundle import Split, stratified_split
 from pico.data.sources import SourceData, missing_path_error
 
+log = logging.getLogger(__name__)
+
+
+def class_counts_report(targets: Tensor, num_classes: int, min_count: int) -> str:
+    """One line naming the classes with no rows and those with fewer than ``min_count``."""
+    counts = torch.bincount(targets, minlength=num_classes)
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    rare = torch.nonzero((counts > 0) & (counts < min_count)).flatten().tolist()
+    parts = [f"{num_classes} classes, {len(targets)} rows"]
+    if empty:
+        parts.append(f"{len(empty)} classes have no rows ({_short(empty)})")
+    if rare:
+        parts.append(f"{len(rare)} have fewer than {min_count} rows ({_short(rare)})")
+    return "; ".join(parts)
+
+
+def _short(items: list[int], limit: int = 12) -> str:
+    head = ", ".join(map(str, items[:limit]))
+    return head + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def drop_rare_classes(
+    features: Tensor, targets: Tensor, candidates: Tensor, min_count: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Drop the classes with fewer than ``min_count`` rows: their rows, and their column
+    from every candidate set; labels are renumbered in order. Returns the kept data and
+    the original indices of the kept classes.
+
+    A kept row keeps its true label, so no candidate set becomes empty (noisy rows whose
+    set held only dropped classes are removed with an error naming the count).
+    """
+    counts = torch.bincount(targets, minlength=candidates.shape[1])
+    kept = torch.nonzero(counts >= min_count).flatten()
+    if len(kept) < 2:
+        raise ValueError(
+            f"data.min_class_count={min_count} leaves {len(kept)} class(es); lower it "
+            f"(the largest class has {int(counts.max())} rows)"
+        )
+    rows = torch.isin(targets, kept)
+    new_label = torch.full((candidates.shape[1],), -1, dtype=torch.long)
+    new_label[kept] = torch.arange(len(kept))
+    kept_candidates = candidates[rows][:, kept]
+    if not kept_candidates.any(dim=1).all():
+        empty = int((~kept_candidates.any(dim=1)).sum())
+        raise ValueError(
+            f"data.min_class_count={min_count} empties the candidate sets of {empty} rows; "
+            "lower it"
+        )
+    return features[rows], new_label[targets[rows]], kept_candidates, kept
+
 
 def load_pll_mat_source(
-    path: str, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
+    path: str,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    min_class_count: int = 0,
 ) -> SourceData:
     """Features, true labels and candidate sets from a ``.mat`` file, split train/test.
 
     The split is stratified by true label and seeded; with ``standardize`` features are
     z-scored with training statistics (constant features are only centred). Both splits
-    keep their candidate sets.
+    keep their candidate sets. Classes with no rows, or fewer than ``min_class_count``,
+    are reported; with ``min_class_count`` > 0 those below it are dropped (see
+    :func:`drop_rare_classes`), as some of the literature does: say so with results.
     """
     from pico.pll.candidate_io import load_pll_mat
 
@@ -30,6 +88,20 @@ def load_pll_mat_source(
             "pass data.path=FILE.mat pointing at an existing file",
         )
     features, targets, candidates = load_pll_mat(file)
+    report_below = min_class_count or 5  # fewer than 5: not in both the test and val split
+    report = class_counts_report(targets, candidates.shape[1], report_below)
+    log.info("%s: %s", file.name, report)
+    class_ids = torch.arange(candidates.shape[1])
+    if min_class_count > 0:
+        features, targets, candidates, class_ids = drop_rare_classes(
+            features, targets, candidates, min_class_count
+        )
+        log.info(
+            "data.min_class_count=%d: kept %d classes, %d rows",
+            min_class_count,
+            len(class_ids),
+            len(targets),
+        )
     train_idx, test_idx = stratified_split(targets, test_fraction, seed)
     if standardize:
         train_feats = features[train_idx].double()
@@ -40,6 +112,6 @@ def load_pll_mat_source(
     return SourceData(
         train=Split(features[train_idx], targets[train_idx], candidates[train_idx]),
         test=Split(features[test_idx], targets[test_idx], candidates[test_idx]),
-        class_names=[str(c) for c in range(candidates.shape[1])],
+        class_names=[str(c) for c in class_ids.tolist()],
         kind="tabular",
     )

@@ -59,6 +59,7 @@ class _Run:
     logger: RunLogger
     generator: torch.Generator
     state: dict[str, Any]
+    epochs: int
     select_metric: str = ""
     select_sign: float = 1.0
     config_yaml: str = ""
@@ -127,6 +128,44 @@ def compile_mode(cfg: DictConfig) -> str:
     return mode
 
 
+def planned_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """Epochs of the run: ``cfg.epochs``, or with a step budget ``cfg.steps`` as many
+    epochs as it takes to make that many optimizer steps (the last epoch is completed)."""
+    steps = cfg.get("steps")
+    if steps is None:
+        return int(cfg.epochs)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"trainer.steps={steps!r} must be a positive number of optimizer steps, or null to "
+            "count the budget in trainer.epochs"
+        )
+    return max(1, math.ceil(steps / steps_per_epoch))
+
+
+#: model size (parameters) from which ``trainer.threads=auto`` uses every core
+AUTO_THREADS_PARAMS = 2_000_000
+
+
+def resolve_threads(threads: int | str, method: torch.nn.Module, device: torch.device) -> int:
+    """Intra-op CPU threads for ``trainer.threads``: a number, or ``auto``.
+
+    ``auto`` keeps torch's default (one thread per core) for models of at least
+    ``AUTO_THREADS_PARAMS`` parameters and on accelerators, and takes one thread for
+    smaller models, whose kernels are too short to gain from more threads and lose badly
+    to them on a busy machine (bench/RESULTS.md, "CPU threads").
+    """
+    if threads == "auto":
+        if device.type != "cpu":
+            return torch.get_num_threads()
+        size = sum(p.numel() for p in method.parameters())
+        return torch.get_num_threads() if size >= AUTO_THREADS_PARAMS else 1
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(
+            f"trainer.threads={threads!r} must be a positive number of CPU threads or auto"
+        )
+    return threads
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss term becomes NaN or infinite."""
 
@@ -193,13 +232,14 @@ class Trainer:
         config_yaml: str = "",
         resume: str | None = None,
     ) -> dict[str, Any]:
-        """Train for ``cfg.epochs`` epochs and return final and best metrics."""
+        """Train for ``cfg.epochs`` epochs (or ``cfg.steps`` optimizer steps) and return
+        final and best metrics."""
         run = self._setup(method, bundle, augmenters, evaluator, resume)
         run.select_metric = select_metric
         run.select_sign = 1.0 if select_mode == "max" else -1.0
         run.config_yaml = config_yaml
         started = time.perf_counter()
-        for epoch in range(run.state["epoch"], self.cfg.epochs):
+        for epoch in range(run.state["epoch"], run.epochs):
             sums = self._train_epoch(run, epoch)
             self._end_epoch(run, epoch, sums)
         run.logger.close()
@@ -226,6 +266,8 @@ class Trainer:
     ) -> _Run:
         """Place the method, build loader, optimizer and schedule, restore a checkpoint."""
         cfg = self.cfg
+        torch.set_num_threads(resolve_threads(cfg.get("threads", "auto"), method, self.device))
+        log.info("%d CPU threads", torch.get_num_threads())
         method.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last and bundle.kind == "image":
             method.to(memory_format=torch.channels_last)
@@ -245,11 +287,12 @@ class Trainer:
             rank=get_rank(),
             world_size=get_world_size(),
         )
+        epochs = planned_epochs(cfg, len(loader))
         optimizer = build_optimizer(method.optim_parameters(), cfg.optimizer)
         scheduler = warmup_cosine(
             optimizer,
             warmup_steps=round(cfg.lr_warmup_epochs * len(loader)),
-            total_steps=cfg.epochs * len(loader),
+            total_steps=epochs * len(loader),
             final_ratio=cfg.final_lr_ratio,
         )
         state: dict[str, Any] = dict(FRESH_STATE, history=[])
@@ -279,6 +322,7 @@ class Trainer:
             logger=RunLogger(self.run_dir, enabled=self.main),
             generator=torch.Generator(device=self.device),
             state=state,
+            epochs=epochs,
         )
 
     def _train_epoch(self, run: _Run, epoch: int) -> dict[str, torch.Tensor]:
@@ -287,7 +331,7 @@ class Trainer:
         cfg, method, state = self.cfg, run.method, run.state
         steps, rank, world = len(run.loader), get_rank(), get_world_size()
         method.train()
-        method.on_epoch_start(StepInfo(epoch, state["step"], cfg.epochs, steps))
+        method.on_epoch_start(StepInfo(epoch, state["step"], run.epochs, steps))
         start = state["batch"]
         sums = {k: v.to(self.device) for k, v in state["sums"].items()} if start else {}
         epoch_start = time.perf_counter()
@@ -297,7 +341,7 @@ class Trainer:
             run.loader.epoch(epoch, start_batch=start),
             total=steps,
             initial=start,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{run.epochs}",
             disable=not (self.main and cfg.progress),
             leave=False,
         )
@@ -305,7 +349,7 @@ class Trainer:
         for i, (index, inputs, targets) in enumerate(bar, start=start):
             if compiled_on_cuda:  # CUDA-graph modes: this step may reuse the last one's outputs
                 torch.compiler.cudagraph_mark_step_begin()
-            info = StepInfo(epoch, state["step"], cfg.epochs, steps)
+            info = StepInfo(epoch, state["step"], run.epochs, steps)
             run.generator.manual_seed(augmentation_seed(self.seed, epoch, state["step"], rank))
             views = self._views(method, run.augmenters, inputs, run.generator)
             with self._autocast():
@@ -366,7 +410,7 @@ class Trainer:
         state["epoch"] = done
         steps = len(run.loader)
         record = {"epoch": done, **{f"train/{k}": v.item() / steps for k, v in sums.items()}}
-        last_epoch = done == cfg.epochs
+        last_epoch = done == run.epochs
         average_bn_statistics_(run.method)
         if done % cfg.eval_every == 0 or last_epoch:
             record.update(run.evaluator(run.method, final=last_epoch))

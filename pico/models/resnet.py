@@ -8,12 +8,41 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 _RESNETS: dict[int, Callable[..., nn.Module]] = {18: resnet18, 34: resnet34, 50: resnet50}
+_BLOCKS = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+def _set_width(net: ResNet, depth: int, width: int, zero_init_residual: bool) -> None:
+    """Rebuild the stages of ``net`` with ``width, 2w, 4w, 8w`` channels (torchvision's
+    layout and initialisation; ``width`` 64 is the standard network)."""
+    block, counts = _BLOCKS[depth]
+    net.inplanes = width
+    net.bn1 = nn.BatchNorm2d(width)
+    for stage, count in enumerate(counts):
+        stride = 1 if stage == 0 else 2
+        setattr(net, f"layer{stage + 1}", net._make_layer(block, width << stage, count, stride))
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:
+        for module in net.modules():
+            last = getattr(module, "bn3" if depth == 50 else "bn2", None)
+            if isinstance(module, BasicBlock | Bottleneck) and last is not None:
+                nn.init.zeros_(last.weight)
+    net.fc = nn.Linear(8 * width * block.expansion, 1)
 
 
 def cifar_resnet(
-    depth: int = 18, in_channels: int = 3, zero_init_residual: bool = False
+    depth: int = 18, in_channels: int = 3, zero_init_residual: bool = False, width: int = 64
 ) -> nn.Module:
     """Randomly initialised torchvision ResNet-``depth`` adapted to small images.
 
@@ -21,6 +50,9 @@ def cifar_resnet(
     classifier are removed, so the module maps (B, in_channels, H, W) to pooled
     features (B, out_dim) with ``out_dim`` 512 (depth 18/34) or 2048 (depth 50).
     Works from 8x8 inputs upwards (the global average pool absorbs any size).
+    ``width`` sets the first stage's channels (64 standard; the four stages have
+    ``width·(1, 2, 4, 8)``): a narrow network for CPU budgets, e.g. 16, has about 1/16
+    of the compute and ``out_dim`` scaled by ``width / 64``.
     """
     if depth not in _RESNETS:
         raise ValueError(
@@ -29,8 +61,12 @@ def cifar_resnet(
         )
     if in_channels < 1:
         raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    if width < 1:
+        raise ValueError(f"model.width={width} must be a positive number of channels")
     net = _RESNETS[depth](weights=None, zero_init_residual=zero_init_residual)
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if width != 64:
+        _set_width(net, depth, width, zero_init_residual)
+    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
     out_dim = net.fc.in_features
