@@ -20,7 +20,7 @@ def test_a_step_budget_sets_the_epochs(steps, per_epoch, expected):
 
 @pytest.mark.parametrize("steps", [0, -5, "abc", 2.5])
 def test_a_bad_step_budget_is_refused(steps):
-    with pytest.raises(ValueError, match="trainer.steps=.* must be a positive number"):
+    with pytest.raises(ValueError, match=r"trainer\.steps=.* must be a positive number"):
         planned_epochs(OmegaConf.create({"epochs": 30, "steps": steps}), 7)
 
 
@@ -37,5 +37,5 @@ def test_auto_threads_take_one_thread_for_small_models():
     assert resolve_threads("auto", small, cpu) == 1
     assert resolve_threads("auto", large, cpu) == torch.get_num_threads()
     assert resolve_threads(3, small, cpu) == 3
-    with pytest.raises(ValueError, match="trainer.threads=0 must be a positive number"):
+    with pytest.raises(ValueError, match=r"trainer\.threads=0 must be a positive number"):
         resolve_threads(0, small, cpu)
