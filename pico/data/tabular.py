@@ -56,8 +56,7 @@ def drop_rare_classes(
     if not kept_candidates.any(dim=1).all():
         empty = int((~kept_candidates.any(dim=1)).sum())
         raise ValueError(
-            f"data.min_class_count={min_count} empties the candidate sets of {empty} rows; "
-            "lower it"
+            f"data.min_class_count={min_count} empties the candidate sets of {empty} rows; lower it"
         )
     return features[rows], new_label[targets[rows]], kept_candidates, kept
 
