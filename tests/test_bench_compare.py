@@ -1,4 +1,5 @@
-"""bench/compare.py (label-free selection, grid planning, tables, plot) and bench/common.py."""
+"""pico-compare (pico/compare.py: label-free selection, grid planning, tables, plot), its
+source-tree wrapper bench/compare.py and bench/common.py."""
 
 from __future__ import annotations
 
@@ -6,16 +7,23 @@ import importlib.machinery
 import importlib.util
 import itertools
 import json
+import os
+import runpy
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import yaml
 from matplotlib.image import imread
 
+from pico import compare
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+BIN = Path(sys.executable).parent
 
 
 def _load(name: str):
@@ -26,8 +34,8 @@ def _load(name: str):
     return module
 
 
-compare = _load("compare")
-common = sys.modules["common"]  # imported by compare.py from bench/
+wrapper = _load("compare")
+common = sys.modules["common"]  # imported by bench/compare.py from bench/
 
 
 def test_bench_folder_leaves_sys_path_after_import() -> None:
@@ -35,6 +43,17 @@ def test_bench_folder_leaves_sys_path_after_import() -> None:
     assert str(BENCH) not in sys.path
     spec = importlib.machinery.PathFinder.find_spec("baselines", sys.path)
     assert spec is None or Path(spec.origin).parent != BENCH
+    assert wrapper.main is compare.main
+
+
+def test_wrapper_records_to_bench_results_by_default(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench/compare.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / "compare.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: python bench/compare.py ")
+    assert f"(default: {BENCH / 'RESULTS.md'})" in out
 
 
 def _naive_select(history: list[dict], criterion: str) -> dict:
@@ -67,19 +86,28 @@ def test_select_epoch_needs_the_criterion() -> None:
 
 
 def _write_job(
-    job: Path, method: str, q: float, seed: int, history: list[dict], eta: float | None = None
+    job: Path,
+    method: str,
+    q: float | None,
+    seed: int,
+    history: list[dict],
+    eta: float | None = None,
+    mat: str | None = None,
 ) -> None:
+    """A finished multirun job as pico-train writes it; with ``mat`` a ``data=mat`` run
+    on the file ``mat`` (``q`` is then None: the file's own candidates)."""
     (job / ".hydra").mkdir(parents=True)
-    overrides = [f"method={method}", "data=digits", f"data.candidates.q={q}", f"seed={seed}"]
+    if mat is None:
+        overrides = [f"method={method}", "data=digits", f"data.candidates.q={q}", f"seed={seed}"]
+        candidates = (
+            {"name": "uniform", "q": q} if eta is None else {"name": "noisy", "q": q, "eta": eta}
+        )
+        data = {"name": "digits", "candidates": candidates}
+    else:
+        overrides = [f"method={method}", "data=mat", f"data.path={mat}", f"seed={seed}"]
+        data = {"name": "mat", "path": mat, "candidates": None}
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    candidates = (
-        {"name": "uniform", "q": q} if eta is None else {"name": "noisy", "q": q, "eta": eta}
-    )
-    config = {
-        "seed": seed,
-        "data": {"name": "digits", "candidates": candidates},
-        "trainer": {"epochs": len(history)},
-    }
+    config = {"seed": seed, "data": data, "trainer": {"epochs": len(history)}}
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     best = history[-1]
     (job / "metrics.json").write_text(json.dumps({"history": history, "best": best, "final": best}))
@@ -156,6 +184,31 @@ def test_main_collect_reports_the_finished_runs(tmp_path: Path, capsys) -> None:
     assert "| method | digits, q=0.5, η=0.3 |" in out and plot.is_file()
 
 
+def test_mat_runs_are_named_by_their_file_and_given_candidates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    _write_job(tmp_path / "0" / "0", "pico", 0.3, 0, _history(rng))
+    for k, (method, seed) in enumerate(itertools.product(["proden", "pico"], [0, 1])):
+        for stem in ("italian", "FG-NET"):
+            _write_job(
+                tmp_path / stem / str(k), method, None, seed, _history(rng), mat=f"/d/{stem}.mat"
+            )
+    results = compare.collect(tmp_path, "val/approx_acc")
+    assert {(r.data, r.q, r.eta) for r in results if r.data != "digits"} == {
+        ("italian", None, None),
+        ("FG-NET", None, None),
+    }
+    lines = compare.table(results, ["pico", "proden"], ["digits", "italian", "FG-NET"])
+    header, _, pico, proden = lines.splitlines()
+    assert header == (
+        "| method | digits, q=0.3 | italian, given candidates | FG-NET, given candidates |"
+    )
+    assert pico.startswith("| pico | ") and " ± " in pico
+    assert proden.startswith("| proden | - | ") and " (n=" not in proden
+    # given-candidate data get one panel of their own, beside the q panel of digits
+    image = imread(compare.plot(results, tmp_path / "cmp.png"))
+    assert image.shape[:2] == (432, 2 * 540)
+
+
 def test_collect_rejects_a_grid_point_run_twice(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     _write_job(tmp_path / "a" / "0", "pico", 0.3, 0, _history(rng))
@@ -191,19 +244,40 @@ def test_plot_writes_one_panel_per_dataset_and_eta(tmp_path: Path) -> None:
         (["digits", "fmnist"], ["a"], [0.3], [0.1, 0.2], [0], 3),
         (["digits", "fmnist"], ["a", "b"], [0.3], [], [0], 16),
         (["d1", "d2", "d3"], ["a", "b"], [0.3], [], [0, 1], 2),
+        (["digits", "x.mat", "y.mat"], ["a", "b"], [0.3, 0.7], [0.1], [0, 1], 1),
+        (["digits", "x.mat", "y.mat"], ["a", "b"], [0.3, 0.7], [0.1], [0, 1], 8),
+        (["x.mat"], ["a"], [0.3, 0.7], [0.1, 0.2], [0], 4),
     ],
 )
 def test_plan_covers_the_grid_once_in_parallel_sweeps(datasets, methods, qs, etas, seeds, parallel):
-    sweeps = compare.plan(datasets, methods, qs, etas, seeds, parallel)
+    # a .mat file carries its candidate sets: one run per method and seed, no q or eta
+    data = [compare.Data.parse(d) if d.endswith(".mat") else compare.Data(d, d) for d in datasets]
+    data = [compare.Data(d.name, d.config, d.path, generated=d.path is None) for d in data]
+    sweeps = compare.plan(data, methods, qs, etas, seeds, parallel)
     points = [
         point
         for s in sweeps
-        for point in itertools.product([s.data], s.methods, s.qs, s.etas or [None], s.seeds)
+        for point in itertools.product(
+            [s.data.name], s.methods, s.qs or [None], s.etas or [None], s.seeds
+        )
     ]
-    full = list(itertools.product(datasets, methods, qs, etas or [None], seeds))
+    full = [
+        point
+        for d in data
+        for point in itertools.product(
+            [d.name],
+            methods,
+            qs if d.generated else [None],
+            (etas or [None]) if d.generated else [None],
+            seeds,
+        )
+    ]
     assert sorted(points, key=str) == sorted(full, key=str)
     assert sum(s.size for s in sweeps) == len(full)
     assert len(sweeps) == max(len(datasets), min(parallel, len(full)))
+    for s in sweeps:
+        flags = [o for o in s.overrides() if o.startswith(("data.candidates", "++data.cand"))]
+        assert bool(flags) == s.data.generated
 
 
 def test_dry_run_prints_one_multirun_per_sweep(capsys) -> None:
@@ -234,12 +308,99 @@ def test_dry_run_prints_one_multirun_per_sweep(capsys) -> None:
     assert fashion.index("trainer.epochs=20") > fashion.index("trainer.epochs=3")
 
 
+def _write_mat(path: Path, seed: int, n: int = 120, d: int = 6, c: int = 3) -> Path:
+    """A tiny partial-label .mat file: Gaussian classes, candidates true label + rate 0.3."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % c
+    data = rng.normal(0, 3, size=(c, d))[labels] + rng.normal(size=(n, d))
+    target = np.zeros((c, n))
+    target[labels, np.arange(n)] = 1
+    partial = (rng.random((c, n)) < 0.3).astype(float)
+    partial[labels, np.arange(n)] = 1
+    scipy.io.savemat(path, {"data": data, "target": target, "partial_target": partial})
+    return path
+
+
+def test_dry_run_passes_candidate_flags_only_where_generated(tmp_path: Path, capsys) -> None:
+    files = [_write_mat(tmp_path / "italian.mat", 0), _write_mat(tmp_path / "my data.mat", 1)]
+    compare.main(
+        [
+            "--dry-run",
+            *("--methods", "proden", "cc", "--seeds", "0", "--q", "0.5", "--eta", "0.2"),
+            *("--data", "digits", *map(str, files)),
+            *("--data-overrides", "my data: trainer.epochs=7"),
+        ]
+    )
+    digits, italian, spaced = (shlex.split(line) for line in capsys.readouterr().out.splitlines())
+    assert "data.candidates.q=0.5" in digits and "data.candidates.name=noisy" in digits
+    assert "data=mat" not in digits
+    for args in (italian, spaced):
+        assert "data=mat" in args and not any("candidates" in a for a in args)
+        assert "method=proden,cc" in args and "seed=0" in args
+    assert f"data.path={files[0]}" in italian and "trainer.epochs=7" not in italian
+    assert f"data.path='{files[1]}'" in spaced and "trainer.epochs=7" in spaced
+
+
+def test_with_candidates_reads_the_composed_config() -> None:
+    digits = compare.Data("digits", "digits")
+    assert compare.with_candidates(digits, ["trainer.epochs=3"]).generated
+    # a dataset with its own candidate column says so with data.candidates=null
+    hf = compare.with_candidates(compare.Data("hf", "hf"), ["data.candidates=null"])
+    assert not hf.generated
+    mat = compare.with_candidates(compare.Data.parse("/no/such/file.mat"), [])
+    assert mat.name == "file" and not mat.generated
+    with pytest.raises(ValueError, match=r"^digits: .*trainer\.epoch=3.*do not compose"):
+        compare.with_candidates(digits, ["trainer.epoch=3"])
+    with pytest.raises(ValueError, match=r"no sweeps"):
+        compare.with_candidates(digits, ["trainer.epochs=1,2"])
+
+
+def test_check_data_names_missing_files_and_clashing_stems(tmp_path: Path) -> None:
+    first = _write_mat(tmp_path / "lost.mat", 0)
+    (tmp_path / "b").mkdir()
+    second = _write_mat(tmp_path / "b" / "lost.mat", 1)
+    compare.check_data([compare.Data.parse(str(first)), compare.Data("digits", "digits")])
+    with pytest.raises(ValueError, match="names lost more than once"):
+        compare.check_data([compare.Data.parse(str(first)), compare.Data.parse(str(second))])
+    with pytest.raises(ValueError, match=r"nope\.mat: no such \.mat file"):
+        compare.check_data([compare.Data.parse(str(tmp_path / "nope.mat"))])
+
+
+def test_train_script_beside_the_running_console_script(tmp_path: Path, monkeypatch) -> None:
+    script = tmp_path / "pico-train"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "pico-compare")])
+    assert compare.train_script() == str(script)
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert Path(compare.train_script()).parent == BIN  # this Python's scripts folder
+    monkeypatch.setattr(compare.sysconfig, "get_path", lambda name: str(tmp_path / "none"))
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="pico-train is not installed"):
+        compare.train_script()
+
+
+def test_record_needs_a_results_file(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(8)
+    _write_job(tmp_path / "runs" / "0", "pico", 0.3, 0, _history(rng))
+    with pytest.raises(SystemExit):
+        compare.main(["--collect", str(tmp_path / "runs"), "--record"])
+    assert "--record needs --results FILE" in capsys.readouterr().err
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# head\n")
+    compare.main(["--collect", str(tmp_path / "runs"), "--record", "--results", str(results)])
+    text = results.read_text()
+    assert text.startswith("# head\n\n## PLL comparison on digits, ")
+    assert f"- command: `pico-compare --collect {tmp_path / 'runs'} --record --results " in text
+    assert (tmp_path / "runs" / "compare.png").is_file()  # the plot goes with the runs
+
+
 def test_unknown_method_fails_early_naming_it(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--dry-run", "--methods", "pico", "no_such_method"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "no_such_method" in err and "configs/method/NAME.yaml" in err
+    assert "no_such_method" in err and "no config method/NAME.yaml" in err
     assert "pico," not in err.split("choose from")[0]  # only the missing one is named
 
 
@@ -248,14 +409,14 @@ def test_check_configs_names_missing_dataset(tmp_path: Path) -> None:
         (tmp_path / group).mkdir()
         (tmp_path / group / f"{name}.yaml").write_text("{}\n")
     compare.check_configs(["pico"], ["digits"], tmp_path)
-    with pytest.raises(ValueError, match=r"data cifar: .*choose from digits"):
+    with pytest.raises(ValueError, match=r"data cifar: .*choose from digits or pass a path"):
         compare.check_configs(["pico"], ["digits", "cifar"], tmp_path)
 
 
 def test_data_overrides_must_name_a_dataset() -> None:
     parsed = compare.parse_data_overrides(["digits: a=1 b=[1,2]", "digits: c=3"], ["digits", "x"])
     assert parsed == {"digits": ["a=1", "b=[1,2]", "c=3"], "x": []}
-    with pytest.raises(ValueError, match="NAME one of --data"):
+    with pytest.raises(ValueError, match="NAME one of the --data names"):
         compare.parse_data_overrides(["cifar10: a=1"], ["digits"])
     with pytest.raises(ValueError, match="NAME: OVERRIDES"):
         compare.parse_data_overrides(["digits"], ["digits"])
@@ -313,3 +474,24 @@ def test_tiny_grid_end_to_end(tmp_path: Path, capsys) -> None:
     cell = float(table[1].split(" | ")[1].strip(" |"))
     assert cell == pytest.approx(100 * metrics["best"]["test/top1"], abs=0.006)
     assert len(metrics["history"]) == 2
+
+
+@pytest.mark.slow
+def test_pico_compare_console_script_on_two_mat_files(tmp_path: Path) -> None:
+    files = [_write_mat(tmp_path / "italian.mat", 0), _write_mat(tmp_path / "FG-NET.mat", 1)]
+    work = tmp_path / "elsewhere"  # not the source tree
+    work.mkdir()
+    args = [
+        BIN / "pico-compare",
+        *("--methods", "proden", "cc", "--seeds", "0", "--data", *files),
+        *("--common", "trainer.epochs=2 model.hidden=[16]"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| method | italian, given candidates | FG-NET, given candidates |"
+    assert [row.split(" | ")[0] for row in table[1:]] == ["| proden", "| cc"]
+    (root,) = (work / "runs").iterdir()  # runs/compare_<time> of the current folder
+    assert root.name.startswith("compare_") and (root / "compare.png").is_file()
+    assert len(list(root.rglob("metrics.json"))) == 4
