@@ -94,6 +94,32 @@ def test_resized_crop_fallback_is_a_central_crop():
     assert p["top"].tolist() == [8] * 5 and p["left"].tolist() == [0] * 5
 
 
+@pytest.mark.parametrize("hw", [(40, 30), (30, 52), (24, 24), (17, 70)])
+def test_resize_and_center_crop_match_torchvision(hw):
+    x = _images(3, h=hw[0], w=hw[1])
+    resize = A.Resize(24)
+    out = resize(x)
+    ref = TF.resize(x, [24], interpolation=BILINEAR, antialias=True)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert tuple(resize.output_shape(x.shape)) == out.shape
+    for size in (20, (18, 11), (24, 24), (13, 12)):
+        crop = A.CenterCrop(size)
+        sizes = [size, size] if isinstance(size, int) else list(size)
+        got = crop(out)
+        assert torch.equal(got, TF.center_crop(out, sizes))  # odd margins round as there
+        assert tuple(crop.output_shape(out.shape)) == got.shape
+
+
+def test_resize_keeps_images_of_its_size_and_center_crop_refuses_small_ones():
+    x = _images(2, h=24, w=30)
+    assert A.Resize(24)(x) is x
+    with pytest.raises(ValueError, match=r"at least 32x32, got 24x30; store the images larger"):
+        A.CenterCrop(32)(x)
+    for make in (lambda: A.Resize(0), lambda: A.Resize(2.5), lambda: A.CenterCrop((3, 0))):
+        with pytest.raises(ValueError, match="positive"):
+            make()
+
+
 def test_resized_crop_area_statistics():
     n, side = 20000, 1000
     square = A.RandomResizedCrop(scale=(0.2, 1.0), ratio=(1.0, 1.0))
@@ -550,14 +576,17 @@ SHAPES = {
     "natural": (3, 96, 96),
     "svhn": (3, 32, 32),
     "tabular": (20,),
+    "imagenet": (3, 256, 256),
 }
+#: recipes whose views change the image size, and the shape they make
+RESIZED = {"imagenet": (3, 224, 224)}
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_every_recipe_builds_and_runs(name):
     cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
     assert set(cfg) == {"weak", "strong", "contrastive", "test"}
-    assert len(cfg.test) == 0
+    assert (len(cfg.test) == 0) == (name not in RESIZED)  # test views only normalise, or resize
     shape = SHAPES[name]
     if name == "tabular":
         x, stat = torch.randn(8, *shape), ((), ())
@@ -567,7 +596,7 @@ def test_every_recipe_builds_and_runs(name):
     for recipe in ("weak", "strong", "contrastive", "test"):
         aug = A.build_augment(cfg[recipe], *stat)
         out = aug(x, _gen(0))
-        assert out.shape == x.shape and out.dtype == torch.float32
+        assert out.shape == (len(x), *RESIZED.get(name, shape)) and out.dtype == torch.float32
         assert torch.isfinite(out).all()
         assert torch.equal(out, aug(x, _gen(0)))
         if recipe != "test":

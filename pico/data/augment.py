@@ -350,6 +350,76 @@ class RandomResizedCrop(BatchOp):
         return warp(x, grid, padding="border")
 
 
+def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """Output (height, width) of torchvision's ``Resize(size)``: the shorter side becomes
+    ``size``, the longer one ``int(size * longer / shorter)``."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+class Resize(BatchOp):
+    """Resize the shorter side to ``size``, keeping the aspect ratio (torchvision
+    ``Resize(size)``), bilinear with antialiasing; images already that size pass as is.
+    Deterministic."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if int(size) != size or size < 1:
+            raise ValueError(f"Resize size must be a positive integer, got {size}")
+        self.size = int(size)
+
+    def sample_params(
+        self, shape: Shape, generator: torch.Generator | None = None, device: Device = None
+    ) -> Params:
+        """No parameters."""
+        return {}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (*shape[:-2], *shorter_side_size(shape[-2], shape[-1], self.size))
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        check_images(x, "Resize")
+        size = shorter_side_size(x.shape[-2], x.shape[-1], self.size)
+        if tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+class CenterCrop(BatchOp):
+    """Crop the central ``size`` box (an int for a square, or [height, width]), with
+    torchvision ``CenterCrop``'s offsets ``round((H - h) / 2)``. Deterministic."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        sizes = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+        if len(sizes) != 2 or min(sizes) < 1:
+            raise ValueError(
+                f"CenterCrop size must be a positive int or [height, width], got {size}"
+            )
+        self.size = (sizes[0], sizes[1])
+
+    def sample_params(
+        self, shape: Shape, generator: torch.Generator | None = None, device: Device = None
+    ) -> Params:
+        """No parameters."""
+        return {}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (*shape[:-2], *self.size)
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        check_images(x, "CenterCrop")
+        (height, width), (out_h, out_w) = x.shape[-2:], self.size
+        if out_h > height or out_w > width:
+            raise ValueError(
+                f"CenterCrop({list(self.size)}) needs images of at least {out_h}x{out_w}, got "
+                f"{height}x{width}; store the images larger (data.image_size) or crop smaller"
+            )
+        top, left = round((height - out_h) / 2), round((width - out_w) / 2)
+        return x[..., top : top + out_h, left : left + out_w]
+
+
 class RandomHorizontalFlip(BatchOp):
     """Mirror each sample left-right with probability ``p``."""
 
