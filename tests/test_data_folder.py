@@ -83,6 +83,25 @@ def test_mixed_sizes_need_image_size(tmp_path):
     assert torch.equal(data.train.inputs[0], resized_small)
 
 
+def test_keep_aspect_resizes_the_shorter_side_and_keeps_the_central_square(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((9, 14, 3), (13, 6, 3))]
+    square = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)  # already the size: kept as is
+    files = []
+    for i, array in enumerate([*arrays, square]):
+        save(tmp_path / f"{i}.png", array)
+        files.append(tmp_path / f"{i}.png")
+    decoded = decode_images(files, channels=3, image_size=6, keep_aspect=True)
+    assert decoded.shape == (3, 3, 6, 6)
+    for image, array in zip(decoded, arrays, strict=False):
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        expected = TF.center_crop(TF.resize(tensor, [6], antialias=True), [6, 6])
+        assert torch.equal(image, expected)  # torchvision's Resize(6) + CenterCrop(6)
+    assert torch.equal(decoded[2], torch.from_numpy(square).permute(2, 0, 1))
+    with pytest.raises(ValueError, match=r"keep_aspect.*data\.image_size=N"):
+        decode_images(files, channels=3, keep_aspect=True)
+
+
 def test_jpeg_and_pillow_only_formats(tmp_path):
     rng = np.random.default_rng(1)
     array = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)

@@ -36,12 +36,15 @@ def load_image_folder(
     train_dir: str = "train",
     test_dir: str = "test",
     num_threads: int = 0,
+    keep_aspect: bool = False,
 ) -> SourceData:
     """Decode ``root/<train_dir>/<class>/*`` and ``root/<test_dir>/<class>/*`` into tensors.
 
     Classes are the sub-folder names, sorted; the test split must have the same ones.
     ``image_size`` resizes every image to a square of that side (needed when sizes
-    differ); ``channels`` is 1 (grayscale) or 3 (RGB); ``num_threads=0`` uses all cores.
+    differ): squashed, or with ``keep_aspect`` the shorter side resized to it and the
+    central square kept (see :func:`decode_images`); ``channels`` is 1 (grayscale) or 3
+    (RGB); ``num_threads=0`` uses all cores.
     """
     base = Path(root).expanduser()
     layout = f"ROOT/{train_dir}/<class>/*.jpg and ROOT/{test_dir}/<class>/*.jpg"
@@ -61,7 +64,7 @@ def load_image_folder(
             "give both splits the same class sub-folders"
         )
     train_images, test_images = decode_splits(
-        train_files, test_files, channels, image_size, num_threads
+        train_files, test_files, channels, image_size, num_threads, keep_aspect
     )
     mean, std = channel_stats(train_images)
     return SourceData(
@@ -141,18 +144,27 @@ def decode_images(
     channels: int,
     image_size: int | None = None,
     num_threads: int = 0,
+    keep_aspect: bool = False,
 ) -> Tensor:
     """Decode many encoded images into one uint8 tensor (N, channels, H, W), in parallel.
 
     With ``image_size`` every image whose size differs is resized (antialiased) to a
-    square of that side; without it all images must share one size.
+    square of that side; without it all images must share one size. ``keep_aspect``
+    resizes the shorter side to ``image_size`` instead and crops the central square,
+    torchvision's ``Resize(image_size)`` then ``CenterCrop(image_size)``: the largest
+    square of the image, undistorted.
     """
     if channels not in _MODES:
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if keep_aspect and not image_size:
+        raise ValueError(
+            "keep_aspect resizes images to a square of side image_size, but image_size is "
+            "not set; pass data.image_size=N, or keep_aspect=false to keep the images as they are"
+        )
     # torchvision >= 0.29 flags its image decoders as deprecated in favour of TorchCodec.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        return _decode_all(sources, channels, image_size, num_threads)
+        return _decode_all(sources, channels, image_size, num_threads, keep_aspect)
 
 
 def decode_splits(
@@ -161,10 +173,11 @@ def decode_splits(
     channels: int,
     image_size: int | None = None,
     num_threads: int = 0,
+    keep_aspect: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Decode the train and test images; both splits must end with one image shape."""
-    train_images = decode_images(train, channels, image_size, num_threads)
-    test_images = decode_images(test, channels, image_size, num_threads)
+    train_images = decode_images(train, channels, image_size, num_threads, keep_aspect)
+    test_images = decode_images(test, channels, image_size, num_threads, keep_aspect)
     if train_images.shape[1:] != test_images.shape[1:]:
         raise ValueError(
             f"train images are {tuple(train_images.shape[1:])} but test images are "
@@ -174,7 +187,11 @@ def decode_splits(
 
 
 def _decode_all(
-    sources: Sequence[Path | bytes], channels: int, image_size: int | None, num_threads: int
+    sources: Sequence[Path | bytes],
+    channels: int,
+    image_size: int | None,
+    num_threads: int,
+    keep_aspect: bool,
 ) -> Tensor:
     if not sources:
         size = image_size or 0
@@ -191,7 +208,7 @@ def _decode_all(
                 if image_size is None:
                     mismatched.append((i, tuple(image.shape[1:])))
                     continue
-                image = TF.resize(image, [height, width], antialias=True)
+                image = _to_square(image, height, keep_aspect)
             out[i] = image
 
     threads = num_threads or os.cpu_count() or 1
@@ -207,6 +224,16 @@ def _decode_all(
             f"{'; '.join(seen)}); pass data.image_size=N to resize every image to N x N"
         )
     return out
+
+
+def _to_square(image: Tensor, size: int, keep_aspect: bool) -> Tensor:
+    """``image`` (C, H, W) as a ``size`` x ``size`` square: squashed, or with ``keep_aspect``
+    its shorter side resized to ``size`` and the central square cropped."""
+    if not keep_aspect:
+        return TF.resize(image, [size, size], antialias=True)
+    if min(image.shape[1:]) != size:
+        image = TF.resize(image, [size], antialias=True)
+    return TF.center_crop(image, [size, size])
 
 
 def _describe(source: Path | bytes) -> str:
