@@ -16,7 +16,7 @@ from pico.data.sources import load_data
 from pico.engine.distributed_run import resolve_device
 from pico.engine.method import Method, TaskInfo
 from pico.eval.evaluator import Evaluator
-from pico.models.factory import build_backbone
+from pico.models.factory import build_backbone, check_pretrained
 from pico.pll.candidates import candidate_summary, format_candidate_summary
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"{cfg.trainer.batch_size}; a queue must hold at least one batch of keys: raise "
             "method.queue_size or lower trainer.batch_size"
         )
+    check_pretrained(cfg.model)  # refuse before the data is decoded, not after
     bundle = load_data(cfg.data)
     log.info("%s", bundle.summary())
     if bundle.train.candidates is not None:

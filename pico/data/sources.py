@@ -150,6 +150,8 @@ def load_data(cfg: DictConfig) -> DataBundle:
     Instantiates ``cfg.source``, attaches training candidates from ``cfg.candidates``
     (unless the source already carries them) and holds out a stratified
     ``cfg.val_fraction`` of the training rows (seeded by ``cfg.seed``) as validation.
+    ``cfg.mean``/``cfg.std``, when set, replace the source's normalisation statistics
+    (e.g. ImageNet's for pretrained backbones).
     """
     seed = int(cfg.get("seed", 0))
     source = _instantiate_source(cfg.source)
@@ -173,6 +175,21 @@ def load_data(cfg: DictConfig) -> DataBundle:
         num_classes=len(source.class_names),
         class_names=list(source.class_names),
         kind=source.kind,
-        mean=tuple(source.mean),
-        std=tuple(source.std),
+        **_normalisation(cfg, source),
     )
+
+
+def _normalisation(cfg: DictConfig, source: SourceData) -> dict[str, tuple[float, ...]]:
+    """``mean`` and ``std``: ``cfg.mean``/``cfg.std`` when set, else the source's own."""
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None and std is None:
+        return {"mean": tuple(source.mean), "std": tuple(source.std)}
+    width = source.train.inputs.shape[1]  # channels of images, features of tabular rows
+    if mean is None or std is None or not len(mean) == len(std) == width or min(std) <= 0:
+        raise ValueError(
+            f"data.mean={mean} and data.std={std} must both be given, with one value per "
+            f"channel ({width} here) and positive stds, e.g. data.mean=[0.485,0.456,0.406] "
+            "data.std=[0.229,0.224,0.225] (ImageNet's); set both to null to normalise with "
+            "the training data's own statistics"
+        )
+    return {"mean": tuple(float(m) for m in mean), "std": tuple(float(v) for v in std)}

@@ -33,6 +33,30 @@ def _accepted_kind(target: Any) -> str | None:
     return None
 
 
+def check_pretrained(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Refuse a model config with ``pretrained: true`` that names no starting weights.
+
+    ``pretrained: true`` says the run must start from pretrained weights (``weights``, a
+    local file, or ``init_from``, a checkpoint); nothing is downloaded, so without either
+    the backbone would silently train from scratch. ``pretrained: false`` allows that.
+    """
+    if not cfg.get("pretrained", False) or cfg.get("weights") or cfg.get("init_from"):
+        return
+    depth = cfg.get("depth", 18)
+    weights = (
+        "model.weights=FILE (a torchvision state dict, saved where the model hub is "
+        f"reachable with torch.save(torchvision.models.resnet{depth}(weights='IMAGENET1K_V1')"
+        ".state_dict(), FILE)) or "
+        if "weights" in cfg
+        else ""
+    )
+    raise ValueError(
+        "model.pretrained=true: this run must start from pretrained weights, but none are "
+        f"given and none are ever downloaded; pass {weights}model.init_from=CHECKPOINT, or "
+        "pass model.pretrained=false to train from scratch"
+    )
+
+
 def build_backbone(
     cfg: DictConfig | Mapping[str, Any], input_shape: tuple[int, ...], kind: str
 ) -> nn.Module:
@@ -43,7 +67,8 @@ def build_backbone(
     config. The backbone kind is read from the target's signature (``in_channels`` means
     image, ``in_dim`` tabular), so a mismatch fails before anything is built. The result
     must expose an integer ``out_dim`` (feature size). An ``init_from`` key (a checkpoint
-    of any method, or a plain state dict) loads pretrained backbone weights.
+    of any method, or a plain state dict) loads pretrained backbone weights; a
+    ``pretrained`` key is checked by :func:`check_pretrained` and not passed on.
     """
     if kind not in _SIZE_ARG:
         raise ValueError(f"data kind must be 'image' or 'tabular', got {kind!r}")
@@ -56,6 +81,8 @@ def build_backbone(
     cfg = OmegaConf.create(
         OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     )
+    check_pretrained(cfg)
+    cfg.pop("pretrained", None)
     init_from = cfg.pop("init_from", None)
     target_name = cfg.get("_target_")
     if not target_name:
