@@ -18,7 +18,7 @@ from pico.pll.candidates import generate_candidates
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 MODELS = {"convnet", "resnet18", "resnet34", "resnet50", "mlp", "resnet18_imagenet"}
-AUGS = {"digits", "grayscale28", "cifar", "tabular", "natural", "svhn"}
+AUGS = {"digits", "grayscale28", "cifar", "tabular", "natural", "svhn", "imagenet"}
 EXPECTED = {  # config -> (model, aug)
     "digits": ("convnet", "digits"),
     "mnist": ("convnet", "grayscale28"),
@@ -32,7 +32,7 @@ EXPECTED = {  # config -> (model, aug)
     "stl10": ("resnet18", "natural"),
     "hf": ("resnet18", "cifar"),
     "mat": ("mlp", "tabular"),
-    "cub200": ("resnet18_imagenet", "natural"),
+    "cub200": ("resnet18_imagenet", "imagenet"),
 }
 
 
