@@ -261,8 +261,13 @@ def hydra_config_dir(tmp_path_factory) -> Path:
         (root / group).mkdir()
         for option in options:
             (root / group / f"{option}.yaml").write_text(f"choice: {option}\n")
+    (root / "trainer" / "optimizer").mkdir(parents=True)
+    for option in ("sgd", "adam"):
+        (root / "trainer" / "optimizer" / f"{option}.yaml").write_text(f"choice: {option}\n")
+    (root / "trainer" / "default.yaml").write_text("defaults:\n  - optimizer: sgd\n  - _self_\n")
     (root / "train.yaml").write_text(
-        "defaults:\n  - model: convnet\n  - aug: digits\n  - data: digits\n  - _self_\nseed: 7\n"
+        "defaults:\n  - model: convnet\n  - aug: digits\n  - trainer: default\n"
+        "  - data: digits\n  - _self_\nseed: 7\n"
     )
     return root
 
