@@ -306,6 +306,86 @@ def test_step_losses_match_naive_reference(monkeypatch, per_class):
     assert abs(float(out["loss"].detach()) - ref_total) < 1e-4
 
 
+def test_middle_phase_contrastive_matches_naive_reference():
+    # 30 steps, 2 of warm-up: kNN from step 2 + round(0.5 * 28) = 16, so step 10 is between
+    model = warmed_model(temperature=0.5, knn_start=0.5)
+    assert not model.in_warmup(info(10)) and not model.in_knn_phase(info(10))
+    b = batch([6, 7, 8, 9, 10, 11, 12, 13], 99)
+    _, q, k, _, reliable, pseudo, _, _ = step_reference(model, b)
+    assert 0 < reliable.sum() < len(reliable)
+    queue = model.queue.features.clone()
+    q_labels = model.queue.column("label").clone()
+    q_rel = model.queue.column("reliable").clone()
+    q_valid = model.queue.valid_mask().clone()
+    out = model.training_step(b, info(10))
+
+    n, temp = len(q), 0.5
+    anchors, contrast = q.double(), torch.cat([q, k, queue]).double()
+    labels = torch.cat([pseudo, pseudo, q_labels]).tolist()
+    entry_rel = torch.cat([reliable, reliable, q_rel]).tolist()
+    valid = [True] * (2 * n) + q_valid.tolist()
+
+    def anchor_loss(i, positives):
+        logit = {j: float(anchors[i] @ contrast[j]) / temp
+                 for j in range(len(contrast)) if j != i and valid[j]}  # fmt: skip
+        logz = math.log(sum(math.exp(v) for v in logit.values()))
+        return -sum(logit[j] - logz for j in positives) / len(positives)
+
+    weighted, relaxed, label_positives = 0.0, 0.0, 0
+    for i in range(n):
+        pos = {n + i}  # own key, for every anchor
+        if reliable[i]:
+            pos |= {j for j in range(len(contrast))
+                    if j != i and valid[j] and entry_rel[j] and labels[j] == labels[i]}  # fmt: skip
+        label_positives += len(pos) - 1
+        weighted += anchor_loss(i, sorted(pos))  # weight 1 for every anchor
+        relaxed += anchor_loss(
+            i, [j for j in range(len(contrast)) if j != i and valid[j] and labels[j] == labels[i]]
+        )
+    assert label_positives > 0
+    ref_cont = weighted / n + model.unreliable_weight * relaxed / n
+    assert abs(float(out["cont"]) - ref_cont) < 1e-5 * max(1.0, abs(ref_cont))
+
+
+def test_knn_phase_starts_at_the_configured_step(monkeypatch):
+    model = warmed_model(knn_start=0.5)
+    warmup = model.warmup_steps(info(0))
+    start = warmup + round(0.5 * (30 - warmup))
+    assert model.knn_start_step(info(0)) == start
+    assert [model.in_knn_phase(info(s)) for s in (start - 1, start, 29)] == [False, True, True]
+    calls = []
+    real = pico_plus.knn_positives
+    monkeypatch.setattr(pico_plus, "knn_positives", lambda *a: calls.append(a) or real(*a))
+    b = batch(list(range(8)), 42)
+    outs = {}
+    for step in (start - 1, start):
+        probe = copy.deepcopy(model)
+        torch.manual_seed(7)
+        outs[step] = probe.training_step(b, info(step))
+    assert len(calls) == 1  # the kNN step only
+    # the same state and mixup draw: only the contrastive term changes with the phase
+    torch.testing.assert_close(outs[start - 1]["cls"], outs[start]["cls"])
+    torch.testing.assert_close(outs[start - 1]["mix"], outs[start]["mix"])
+    assert abs(float(outs[start - 1]["cont"]) - float(outs[start]["cont"])) > 1e-3
+
+
+def test_knn_start_0_begins_with_the_end_of_warmup_and_1_never():
+    first, never = make_model(knn_start=0.0), make_model(knn_start=1.0)
+    warmup = first.warmup_steps(info(0))
+    assert first.knn_start_step(info(0)) == warmup
+    assert not first.in_knn_phase(info(warmup - 1)) and first.in_knn_phase(info(warmup))
+    assert never.knn_start_step(info(0)) == 30  # the run's last step is 29
+
+
+@pytest.mark.parametrize("steps_per_epoch", [175, 195, 199])
+def test_default_knn_start_is_epoch_100_of_the_official_cifar10_run(monkeypatch, steps_per_epoch):
+    model = make_model()
+    # the official schedule: 800 epochs, 5 of warm-up (stubbed: PiCO's own rule may differ)
+    monkeypatch.setattr(model, "warmup_steps", lambda info: 5 * info.steps_per_epoch)
+    run = StepInfo(epoch=0, step=0, epochs=800, steps_per_epoch=steps_per_epoch)
+    assert model.knn_start_step(run) == 100 * steps_per_epoch
+
+
 def test_gradients_reach_classifier_head_and_backbone():
     model = warmed_model()
     out = model.training_step(batch(list(range(8)), 50), info(10))
@@ -354,6 +434,8 @@ def test_state_dict_carries_the_reliable_queue_column():
         (dict(reliable_share=0.0), "reliable_share"),
         (dict(reliable_share=1.5), "reliable_share"),
         (dict(knn_neighbors=0), "knn_neighbors"),
+        (dict(knn_start=-0.1), "knn_start"),
+        (dict(knn_start=100), "knn_start"),
         (dict(guess_temperature=0.0), "guess_temperature"),
         (dict(mixup_alpha=-1.0), "mixup_alpha"),
     ],

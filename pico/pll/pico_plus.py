@@ -133,9 +133,11 @@ class PiCOPlus(PiCO):
        unreliable ones (they fill the queue's label column).
     4. Contrastive loss over ``[q; k; queue]``, always with the own key as a positive:
        reliable anchors take the entries with the same pseudo-label that are themselves
-       reliable (weight ``contrastive_weight``); unreliable anchors take their
-       ``knn_neighbors`` nearest queue keys (weight ``unreliable_weight``); plus
-       ``unreliable_weight`` times PiCO's SupCon over all anchors and entries.
+       reliable. Before the kNN phase unreliable anchors take their own key only, and
+       every anchor has weight 1; in it they take their ``knn_neighbors`` nearest queue
+       keys, and the anchors weigh ``contrastive_weight`` (reliable) and
+       ``unreliable_weight`` (unreliable). Plus, in both, ``unreliable_weight`` times
+       PiCO's SupCon over all anchors and entries.
     5. Classifier: ``reliable_cls_weight`` x cross-entropy to the confidences on reliable
        rows, ``unreliable_weight`` x cross-entropy to the label guesses
        ``softmax(q M^T / guess_temperature)`` on unreliable rows, and the mixup loss: weak
@@ -146,9 +148,18 @@ class PiCOPlus(PiCO):
     ``cont`` (the weighted contrastive term as it enters the loss) and ``mix`` (0 during
     warm-up).
 
+    The kNN phase starts ``knn_start`` of the way from the end of warm-up (``W`` steps) to
+    the end of the run (``T`` steps): at step ``W + round(knn_start * (T - W))``. The
+    official code starts it at epoch ``knn_start=100``; on its CIFAR-10 schedule (800
+    epochs, 5 of warm-up) that is 95 of the 795 epochs after warm-up, and the default
+    0.1195 (95/795 rounded) lands on the first step of epoch 100 for up to 199 steps per
+    epoch (175 at batch 256 here, 195 in the official code). Its CIFAR-100 run (50 epochs
+    of warm-up, kNN from epoch 100 too) is ``knn_start=0.06667``. With 0 the kNN phase
+    starts with the end of warm-up; with 1 it never starts. Counted in steps of the run,
+    the phase keeps its share on small data sets with few steps per epoch.
+
     The official code searches kNN positives in the whole contrast set (batch queries
-    and keys included) and starts them only after a later epoch (``knn_start``); here
-    they come from the queue keys from the end of warm-up on. The remaining arguments are
+    and keys included); here they come from the queue keys. The remaining arguments are
     PiCO's (see :class:`~pico.pll.pico.PiCO`).
     """
 
@@ -163,6 +174,7 @@ class PiCOPlus(PiCO):
         reliable_share: float = 0.6,
         reliable_per_class: bool = False,
         knn_neighbors: int = 16,
+        knn_start: float = 0.1195,
         guess_temperature: float = 0.07,
         unreliable_weight: float = 0.1,
         reliable_cls_weight: float = 2.0,
@@ -176,6 +188,13 @@ class PiCOPlus(PiCO):
             )
         if knn_neighbors < 1:
             raise ValueError(f"knn_neighbors must be >= 1 (the paper uses 16), got {knn_neighbors}")
+        if not 0 <= knn_start <= 1:
+            raise ValueError(
+                f"knn_start must lie in [0, 1], got {knn_start}: it is the share of the steps "
+                "between the end of warm-up and the end of the run after which kNN positives "
+                "start, not an epoch (the official knn_start=100 of 800 epochs with 5 of "
+                "warm-up is 0.1195; 0 starts them with the end of warm-up)"
+            )
         if not guess_temperature > 0:
             raise ValueError(
                 f"guess_temperature must be > 0 (the paper uses 0.07), got {guess_temperature}"
@@ -186,10 +205,20 @@ class PiCOPlus(PiCO):
         self.reliable_share = reliable_share
         self.reliable_per_class = reliable_per_class
         self.knn_neighbors = knn_neighbors
+        self.knn_start = knn_start
         self.guess_temperature = guess_temperature
         self.unreliable_weight = unreliable_weight
         self.reliable_cls_weight = reliable_cls_weight
         self.mixup_alpha = mixup_alpha
+
+    def knn_start_step(self, info: StepInfo) -> int:
+        """First optimizer step of the kNN phase in this run (see the class docstring)."""
+        warmup = self.warmup_steps(info)
+        return warmup + round(self.knn_start * max(info.total_steps - warmup, 0))
+
+    def in_knn_phase(self, info: StepInfo) -> bool:
+        """Whether this step uses kNN positives and the reduced unreliable weights."""
+        return info.step >= self.knn_start_step(info)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         weak, strong = batch.views
@@ -208,7 +237,8 @@ class PiCOPlus(PiCO):
             loss = loss_cls + loss_cont
         else:
             reliable, pseudo, guess = self._select_and_update(logits, q, index, candidates)
-            loss_cont = self._robust_contrastive(q, k_all, pseudo, reliable)
+            knn = self.in_knn_phase(info)
+            loss_cont = self._robust_contrastive(q, k_all, pseudo, reliable, knn)
             confidence = self.confidence[index]
             loss_cls = masked_mean(soft_cross_entropy(logits, confidence), reliable)
             loss_guess = masked_mean(soft_cross_entropy(logits, guess), ~reliable)
@@ -258,29 +288,36 @@ class PiCOPlus(PiCO):
         return reliable, pseudo, guess
 
     def _robust_contrastive(
-        self, q: Tensor, k_all: Tensor, pseudo: Tensor, reliable: Tensor
+        self, q: Tensor, k_all: Tensor, pseudo: Tensor, reliable: Tensor, knn: bool
     ) -> Tensor:
-        """Contrastive loss of step 4 (see the class docstring); ``k_all``: gathered keys."""
+        """Contrastive loss of step 4 (see the class docstring); ``k_all``: gathered keys,
+        ``knn``: whether the step is in the kNN phase."""
         contrast = self.contrast_set(q, k_all)
         valid, exclude, own_key = contrast.valid, contrast.own_query(), contrast.own_key()
         pseudo_all, reliable_all = gather_no_grad(pseudo), gather_no_grad(reliable)
         labels = torch.cat([pseudo_all, pseudo_all, self.queue.column("label")])
         entry_reliable = torch.cat([reliable_all, reliable_all, self.queue.column("reliable")])
         same_label = pseudo[:, None] == labels[None, :]
-        same = same_label & entry_reliable[None, :]
+        label_positive = same_label & entry_reliable[None, :] & reliable[:, None]
+        features = contrast.features
+        loss_all = sup_con(q, features, same_label, self.temperature, exclude, valid)
+        if not knn:  # every anchor weight 1; unreliable ones contrast their own key only
+            positive = label_positive | own_key
+            loss = sup_con(q, features, positive, self.temperature, exclude, valid)
+            return loss + self.unreliable_weight * loss_all
         neighbours = knn_positives(
             q.detach(), self.queue.features, self.queue.valid_mask(), self.knn_neighbors
         )
-        knn = torch.cat([torch.zeros_like(own_key[:, : 2 * contrast.batch]), neighbours], dim=1)
-        positive_rel = (same | own_key) & reliable[:, None]
-        positive_unrel = (knn | own_key) & ~reliable[:, None]
+        knn_positive = torch.cat(
+            [torch.zeros_like(own_key[:, : 2 * contrast.batch]), neighbours], dim=1
+        )
+        positive_rel = label_positive | (own_key & reliable[:, None])
+        positive_unrel = (knn_positive | own_key) & ~reliable[:, None]
         # sup_con averages over anchors with positives: here the reliable, resp. unreliable
         # rows. Scaling by their share gives the per-anchor weighted batch mean.
         share = reliable.float().mean()
-        features = contrast.features
         loss_rel = sup_con(q, features, positive_rel, self.temperature, exclude, valid)
         loss_unrel = sup_con(q, features, positive_unrel, self.temperature, exclude, valid)
-        loss_all = sup_con(q, features, same_label, self.temperature, exclude, valid)
         return (
             self.contrastive_weight * share * loss_rel
             + self.unreliable_weight * (1 - share) * loss_unrel
