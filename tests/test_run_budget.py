@@ -18,10 +18,18 @@ def test_a_step_budget_sets_the_epochs(steps, per_epoch, expected):
     assert planned_epochs(cfg, per_epoch) == expected
 
 
-@pytest.mark.parametrize("steps", [0, -5, "abc", 2.5])
-def test_a_bad_step_budget_is_refused(steps):
-    with pytest.raises(ValueError, match=r"trainer\.steps=.* must be a positive number"):
-        planned_epochs(OmegaConf.create({"epochs": 30, "steps": steps}), 7)
+@pytest.mark.parametrize(("per_epoch", "expected"), [(3, 200), (62, 49), (5000, 1)])
+def test_max_steps_caps_large_sets_only(per_epoch, expected):
+    cfg = OmegaConf.create({"epochs": 200, "max_steps": 3000})
+    assert planned_epochs(cfg, per_epoch) == expected
+    assert planned_epochs(OmegaConf.create({"epochs": 5, "steps": 700, "max_steps": 300}), 10) == 30
+
+
+@pytest.mark.parametrize("steps", [0, -5, "abc", 2.5, True])
+@pytest.mark.parametrize("key", ["steps", "max_steps"])
+def test_a_bad_step_budget_is_refused(key, steps):
+    with pytest.raises(ValueError, match=rf"trainer\.{key}=.* must be a positive number"):
+        planned_epochs(OmegaConf.create({"epochs": 30, key: steps}), 7)
 
 
 def test_a_step_budget_run_trains_that_many_steps(make_config, tmp_path):

@@ -130,16 +130,21 @@ def compile_mode(cfg: DictConfig) -> str:
 
 def planned_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
     """Epochs of the run: ``cfg.epochs``, or with a step budget ``cfg.steps`` as many
-    epochs as it takes to make that many optimizer steps (the last epoch is completed)."""
-    steps = cfg.get("steps")
-    if steps is None:
-        return int(cfg.epochs)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"trainer.steps={steps!r} must be a positive number of optimizer steps, or null to "
-            "count the budget in trainer.epochs"
-        )
-    return max(1, math.ceil(steps / steps_per_epoch))
+    epochs as it takes to make that many optimizer steps; ``cfg.max_steps`` caps either
+    (the run ends with the epoch that reaches it). The last epoch is always completed."""
+    epochs = int(cfg.epochs)
+    for key in ("steps", "max_steps"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"trainer.{key}={value!r} must be a positive number of optimizer steps, or "
+                "null to count the budget in trainer.epochs"
+            )
+        needed = max(1, math.ceil(value / steps_per_epoch))
+        epochs = needed if key == "steps" else min(epochs, needed)
+    return epochs
 
 
 #: model size (parameters) from which ``trainer.threads=auto`` uses every core
