@@ -86,6 +86,7 @@ class ModelSpec:
 
 MODELS = {
     "resnet18": ModelSpec("resnet18", (3, 32, 32)),
+    "resnet18-narrow": ModelSpec("resnet18_narrow", (3, 32, 32)),
     "convnet": ModelSpec("convnet", (3, 32, 32)),
     "convnet-digits": ModelSpec("convnet", (1, 8, 8)),
 }
