@@ -149,6 +149,8 @@ def planned_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
 
 #: model size (parameters) from which ``trainer.threads=auto`` uses every core
 AUTO_THREADS_PARAMS = 2_000_000
+#: torch's own thread count (one per core, or OMP_NUM_THREADS), before any run set it
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def resolve_threads(threads: int | str, method: torch.nn.Module, device: torch.device) -> int:
@@ -161,9 +163,9 @@ def resolve_threads(threads: int | str, method: torch.nn.Module, device: torch.d
     """
     if threads == "auto":
         if device.type != "cpu":
-            return torch.get_num_threads()
+            return DEFAULT_THREADS
         size = sum(p.numel() for p in method.parameters())
-        return torch.get_num_threads() if size >= AUTO_THREADS_PARAMS else 1
+        return DEFAULT_THREADS if size >= AUTO_THREADS_PARAMS else 1
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(
             f"trainer.threads={threads!r} must be a positive number of CPU threads or auto"
@@ -237,8 +239,8 @@ class Trainer:
         config_yaml: str = "",
         resume: str | None = None,
     ) -> dict[str, Any]:
-        """Train for ``cfg.epochs`` epochs (or ``cfg.steps`` optimizer steps) and return
-        final and best metrics."""
+        """Train for the budget of :func:`planned_epochs` and return final and best
+        metrics."""
         run = self._setup(method, bundle, augmenters, evaluator, resume)
         run.select_metric = select_metric
         run.select_sign = 1.0 if select_mode == "max" else -1.0
