@@ -159,7 +159,8 @@ def resolve_threads(threads: int | str, method: torch.nn.Module, device: torch.d
     ``auto`` keeps torch's default (one thread per core) for models of at least
     ``AUTO_THREADS_PARAMS`` parameters and on accelerators, and takes one thread for
     smaller models, whose kernels are too short to gain from more threads and lose badly
-    to them on a busy machine (bench/RESULTS.md, "CPU threads").
+    to them on a busy machine (bench/RESULTS.md, "CPU threads", which also lists what is
+    not yet measured).
     """
     if threads == "auto":
         if device.type != "cpu":
