@@ -72,12 +72,9 @@ class CAVL(ClassifierMethod):
         candidates = require_candidates(task, "cavl")
         self.register_buffer("candidates", candidates)
         self.register_buffer("targets", uniform_confidence(candidates))
-        self._warmup_checked = False
 
     def on_epoch_start(self, info: StepInfo) -> None:
-        if not self._warmup_checked:
-            self.warmup.check("cavl", info.steps_per_epoch, info.total_steps)
-            self._warmup_checked = True
+        self.warmup.check("cavl", info.steps_per_epoch, info.total_steps)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         logits = self.classifier(self.backbone(batch.views[0]))

@@ -126,16 +126,13 @@ class PiCO(ClassifierMethod):
         self.phi_range = (phi_start, phi_end)
         self.warmup = Warmup(warmup_epochs, warmup_min_steps, warmup_share)
         self.warmup_batch_negatives = warmup_batch_negatives
-        self._warmup_checked = False
 
     def warmup_steps(self, info: StepInfo) -> int:
         """Optimizer steps of warm-up for this run."""
         return self.warmup.steps(info.steps_per_epoch, info.total_steps)
 
     def on_epoch_start(self, info: StepInfo) -> None:
-        if not self._warmup_checked:  # warn once per run when warm-up takes half of it
-            self.warmup.check(self.method_name, info.steps_per_epoch, info.total_steps)
-            self._warmup_checked = True
+        self.warmup.check(self.method_name, info.steps_per_epoch, info.total_steps)
         self.phi.fill_(phi_schedule(info.epoch, info.epochs, *self.phi_range))
 
     def after_optimizer_step(self, info: StepInfo) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Warmup:
     """How long a method trains before its label disambiguation starts.
 
@@ -16,24 +16,24 @@ class Warmup:
     optimizer steps: at least the paper's ``epochs``; at least ``min_steps`` steps, so that a
     small data set with few steps per epoch still trains its classifier before its
     predictions start moving the targets; but that floor never takes more than ``share`` of
-    the run, so no run spends all its steps in warm-up. ``prefix`` names the config keys
-    (``method.``) in the warning of :meth:`check`.
+    the run, so no run spends all its steps in warm-up.
     """
 
     epochs: float = 1.0
     min_steps: int = 600
     share: float = 0.25
-    prefix: str = "method."
+    #: whether :meth:`check` has run (it warns once per run)
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.min_steps < 0:
             raise ValueError(
-                f"{self.prefix}warmup_epochs={self.epochs} and {self.prefix}warmup_min_steps="
+                f"method.warmup_epochs={self.epochs} and method.warmup_min_steps="
                 f"{self.min_steps} must be >= 0"
             )
         if not 0 <= self.share <= 1:
             raise ValueError(
-                f"{self.prefix}warmup_share={self.share} must lie in [0, 1] (the largest share "
+                f"method.warmup_share={self.share} must lie in [0, 1] (the largest share "
                 "of the run the step floor may take)"
             )
 
@@ -43,25 +43,23 @@ class Warmup:
         return max(round(self.epochs * steps_per_epoch), floor)
 
     def check(self, method: str, steps_per_epoch: int, total_steps: int) -> int:
-        """:meth:`steps`, with a warning when warm-up takes half of the run or more."""
+        """:meth:`steps`, with a warning, on the first call only, when warm-up takes half of
+        the run or more (methods call it from every ``on_epoch_start``)."""
         steps = self.steps(steps_per_epoch, total_steps)
-        if total_steps > 0 and steps >= total_steps / 2:
-            p = self.prefix
+        if not self.checked and total_steps > 0 and steps >= total_steps / 2:
             log.warning(
                 "%s stays in warm-up for %d of the run's %d optimizer steps (%.0f%%): label "
-                "disambiguation %s. Lower %swarmup_epochs=%g (in epochs of %d steps) or "
-                "%swarmup_min_steps=%d / %swarmup_share=%g, or train longer",
+                "disambiguation %s. Lower method.warmup_epochs=%g (in epochs of %d steps) or "
+                "method.warmup_min_steps=%d / method.warmup_share=%g, or train longer",
                 method,
                 steps,
                 total_steps,
                 100 * min(steps / total_steps, 1),
                 "never starts" if steps >= total_steps else "has less than half the run",
-                p,
                 self.epochs,
                 steps_per_epoch,
-                p,
                 self.min_steps,
-                p,
                 self.share,
             )
+        self.checked = True
         return steps
