@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
+import scipy.sparse
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
@@ -99,3 +102,28 @@ def build_method(method_cfg: DictConfig, num_train: int = 8) -> Method:
     """Instantiate a ``method`` config node on :func:`tiny_backbone` and :func:`tiny_task`."""
     factory = instantiate(method_cfg, _partial_=True)
     return factory(backbone=tiny_backbone(), task=tiny_task(num_train))
+
+
+def write_pll_mat(
+    path: Path,
+    n: int = 120,
+    d: int = 6,
+    c: int = 3,
+    q: float = 0.3,
+    seed: int = 0,
+    sparse: bool = False,
+) -> Path:
+    """A partial-label ``.mat`` file in the real-world layout (``data`` N x D, ``target`` and
+    ``partial_target`` C x N): Gaussian classes of equal size, each candidate set the true
+    label plus every other class with probability ``q`` (stored scipy-sparse with
+    ``sparse``)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % c
+    data = rng.normal(0, 3, size=(c, d))[labels] + rng.normal(size=(n, d))
+    target = np.zeros((c, n))
+    target[labels, np.arange(n)] = 1
+    partial = (rng.random((c, n)) < q).astype(float)
+    partial[labels, np.arange(n)] = 1
+    stored = scipy.sparse.csc_matrix(partial) if sparse else partial
+    scipy.io.savemat(path, {"data": data, "target": target, "partial_target": stored})
+    return path

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import yaml
+from conftest import write_pll_mat
 from matplotlib.image import imread
 
 from pico import compare
@@ -308,21 +308,11 @@ def test_dry_run_prints_one_multirun_per_sweep(capsys) -> None:
     assert fashion.index("trainer.epochs=20") > fashion.index("trainer.epochs=3")
 
 
-def _write_mat(path: Path, seed: int, n: int = 120, d: int = 6, c: int = 3) -> Path:
-    """A tiny partial-label .mat file: Gaussian classes, candidates true label + rate 0.3."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % c
-    data = rng.normal(0, 3, size=(c, d))[labels] + rng.normal(size=(n, d))
-    target = np.zeros((c, n))
-    target[labels, np.arange(n)] = 1
-    partial = (rng.random((c, n)) < 0.3).astype(float)
-    partial[labels, np.arange(n)] = 1
-    scipy.io.savemat(path, {"data": data, "target": target, "partial_target": partial})
-    return path
-
-
 def test_dry_run_passes_candidate_flags_only_where_generated(tmp_path: Path, capsys) -> None:
-    files = [_write_mat(tmp_path / "italian.mat", 0), _write_mat(tmp_path / "my data.mat", 1)]
+    files = [
+        write_pll_mat(tmp_path / "italian.mat", seed=0),
+        write_pll_mat(tmp_path / "my data.mat", seed=1),
+    ]
     compare.main(
         [
             "--dry-run",
@@ -356,9 +346,9 @@ def test_with_candidates_reads_the_composed_config() -> None:
 
 
 def test_check_data_names_missing_files_and_clashing_stems(tmp_path: Path) -> None:
-    first = _write_mat(tmp_path / "lost.mat", 0)
+    first = write_pll_mat(tmp_path / "lost.mat", seed=0)
     (tmp_path / "b").mkdir()
-    second = _write_mat(tmp_path / "b" / "lost.mat", 1)
+    second = write_pll_mat(tmp_path / "b" / "lost.mat", seed=1)
     compare.check_data([compare.Data.parse(str(first)), compare.Data("digits", "digits")])
     with pytest.raises(ValueError, match="names lost more than once"):
         compare.check_data([compare.Data.parse(str(first)), compare.Data.parse(str(second))])
@@ -478,7 +468,10 @@ def test_tiny_grid_end_to_end(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_pico_compare_console_script_on_two_mat_files(tmp_path: Path) -> None:
-    files = [_write_mat(tmp_path / "italian.mat", 0), _write_mat(tmp_path / "FG-NET.mat", 1)]
+    files = [
+        write_pll_mat(tmp_path / "italian.mat", seed=0),
+        write_pll_mat(tmp_path / "FG-NET.mat", seed=1),
+    ]
     work = tmp_path / "elsewhere"  # not the source tree
     work.mkdir()
     args = [

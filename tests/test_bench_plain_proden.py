@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
+from conftest import write_pll_mat
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -93,20 +93,8 @@ def test_loss_is_cross_entropy_for_one_hot_weights() -> None:
     torch.testing.assert_close(plain.proden_loss(logits, one_hot), expected)
 
 
-def _write_mat(path: Path, n: int = 90, d: int = 5, c: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % c
-    data = rng.normal(0, 3, size=(c, d))[labels] + rng.normal(size=(n, d))
-    target = np.zeros((c, n))
-    target[labels, np.arange(n)] = 1
-    partial = (rng.random((c, n)) < 0.4).astype(float)
-    partial[labels, np.arange(n)] = 1
-    scipy.io.savemat(path, {"data": data, "target": target, "partial_target": partial})
-    return path
-
-
 def test_main_tabulates_reproducible_runs_and_records(tmp_path: Path, capsys) -> None:
-    path = _write_mat(tmp_path / "toy.mat")
+    path = write_pll_mat(tmp_path / "toy.mat", n=90, d=5, q=0.4)
     results = tmp_path / "RESULTS.md"
     argv = [str(path), "--seeds", "0", "1", "--epochs", "3", "--record", "--results", str(results)]
     first = plain.main(argv)
