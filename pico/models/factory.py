@@ -42,18 +42,24 @@ def check_pretrained(cfg: DictConfig | Mapping[str, Any]) -> None:
     """
     if not cfg.get("pretrained", False) or cfg.get("weights") or cfg.get("init_from"):
         return
-    depth = cfg.get("depth", 18)
-    weights = (
-        "model.weights=FILE (a torchvision state dict, saved where the model hub is "
-        f"reachable with torch.save(torchvision.models.resnet{depth}(weights='IMAGENET1K_V1')"
-        ".state_dict(), FILE)) or "
-        if "weights" in cfg
-        else ""
-    )
+    weights = f"model.weights=FILE ({_weights_source(cfg)}) or " if "weights" in cfg else ""
     raise ValueError(
         "model.pretrained=true: this run must start from pretrained weights, but none are "
         f"given and none are ever downloaded; pass {weights}model.init_from=CHECKPOINT, or "
         "pass model.pretrained=false to train from scratch"
+    )
+
+
+def _weights_source(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """What the file behind ``model.weights`` holds and how to save it, per backbone."""
+    if "name" in cfg:  # model=timm
+        kind, model = "timm", f"timm.create_model({cfg.get('name') or 'NAME'!r}, pretrained=True)"
+    else:
+        kind = "torchvision"
+        model = f"torchvision.models.resnet{cfg.get('depth', 18)}(weights='IMAGENET1K_V1')"
+    return (
+        f"a {kind} state dict, saved where the model hub is reachable with "
+        f"torch.save({model}.state_dict(), FILE)"
     )
 
 
