@@ -7,7 +7,8 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pico.core.distributed import broadcast_object, is_main_process
-from pico.engine.checkpoint import load_checkpoint, save_checkpoint
+from pico.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from pico.engine.distributed_run import env_world_size, process_group
-from pico.engine.trainer import NonFiniteLossError, Trainer, set_determinism
+from pico.engine.fingerprint import check_allow_changes, check_resume, run_fingerprint
+from pico.engine.run_dir import (
+    RunDirError,
+    clear_outputs,
+    finished_outputs,
+    refuse_overwrite,
+    run_dir_lock,
+)
+from pico.engine.stop import RunStopped
+from pico.engine.trainer import AUTO_RESUME, NonFiniteLossError, Trainer, set_determinism
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
 from pico.models.transfer import backbone_state
@@ -63,8 +78,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg)
 
 
-def _prepare_run_dir(cfg: DictConfig) -> Path:
-    """Rank 0's ``cfg.run_dir`` on every rank, created (and checked writable) by rank 0.
+@contextlib.contextmanager
+def _claimed_run_dir(cfg: DictConfig) -> Iterator[Path]:
+    """Rank 0's ``cfg.run_dir`` on every rank, created and locked by rank 0 for the block
+    (:func:`~pico.engine.run_dir.run_dir_lock`); a failure is raised on every rank.
 
     A non-zero rank whose own (Hydra-made) folder differs, as when ranks resolved the
     default timestamp a second apart, removes it when it is empty.
@@ -72,34 +89,74 @@ def _prepare_run_dir(cfg: DictConfig) -> Path:
     own = str(cfg.run_dir)
     cfg.run_dir = broadcast_object(own)
     run_dir = Path(cfg.run_dir)
-    problem = None
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if is_main_process():
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_dir_lock(run_dir))
+            except OSError as err:
+                problem = (
+                    f"run_dir={run_dir} is not writable ({err.strerror or err}); "
+                    "pass run_dir=DIR for a folder you can write to"
+                )
+            except RunDirError as err:
+                problem = str(err)
+        elif own != cfg.run_dir:
+            with contextlib.suppress(OSError):
+                Path(own).rmdir()
+        problem = broadcast_object(problem)
+        if problem:
+            raise RunDirError(problem)
+        yield run_dir
+
+
+def _resume_point(trainer: Trainer, cfg: DictConfig) -> Path | None:
+    """The checkpoint to resume from, chosen by rank 0 for every rank; a fresh run in a
+    directory holding an earlier run is refused unless ``overwrite=true``."""
+    outcome: Path | ValueError | None = None
     if is_main_process():
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").touch()
-        except OSError as err:
-            problem = f"run_dir={run_dir} is not writable ({err.strerror or err})"
-    elif own != cfg.run_dir:
-        with contextlib.suppress(OSError):
-            Path(own).rmdir()
-    problem = broadcast_object(problem)
-    if problem:
-        raise ValueError(f"{problem}; pass run_dir=DIR for a folder you can write to")
-    return run_dir
+            outcome = trainer.resume_path(cfg.resume)
+            if outcome is None and cfg.resume not in AUTO_RESUME:
+                refuse_overwrite(trainer.run_dir, bool(cfg.get("overwrite", False)))
+        except ValueError as err:
+            outcome = err
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, ValueError):
+        raise outcome
+    return outcome
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    """Claim the run directory, check a resume against the checkpoint's fingerprint, and
+    only then write into the directory and train."""
+    allowed = check_allow_changes(cfg.get("allow_changes") or [])
     set_determinism(cfg.trainer.deterministic)
     torch.manual_seed(cfg.seed)
     main = is_main_process()
-    run_dir = _prepare_run_dir(cfg)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if main:
-        (run_dir / "config.yaml").write_text(config_yaml)
-        print(config_yaml)
-    exp = build_experiment(cfg)
-    trainer = Trainer(cfg.trainer, run_dir, cfg.seed)
-    result = exp.fit(trainer, cfg.eval, config_yaml=config_yaml, resume=cfg.resume)
+    with _claimed_run_dir(cfg) as run_dir:
+        trainer = Trainer(cfg.trainer, run_dir, cfg.seed)
+        resume = _resume_point(trainer, cfg)
+        exp = build_experiment(cfg)
+        fingerprint = run_fingerprint(cfg, exp.bundle)
+        if resume is not None:
+            stored = load_checkpoint(resume).get("fingerprint")
+            check_resume(resume, stored, fingerprint, allowed)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        if main:
+            if resume is None and finished_outputs(run_dir):
+                clear_outputs(run_dir)  # overwrite=true, or resume=auto_or_new found none good
+            remove_stale_temporaries(trainer.ckpt_dir)
+            (run_dir / "config.yaml").write_text(config_yaml)
+            print(config_yaml)
+        result = exp.fit(
+            trainer,
+            cfg.eval,
+            config_yaml=config_yaml,
+            resume=str(resume) if resume else None,
+            fingerprint=fingerprint,
+        )
     if not main:
         return result
     rows = {"final": result["final"]}
@@ -126,6 +183,12 @@ def run_evaluation(
         raise ValueError(f"parts={parts} is unknown; choose one of {sorted(EVAL_PARTS)}")
     path = Path(checkpoint)
     state = load_checkpoint(path)
+    if not isinstance(state.get("config"), str) or not isinstance(state.get("method"), dict):
+        raise CheckpointError(
+            f"{path} is not a pico-train checkpoint (it holds no run config and method "
+            "state; a pico-export output holds a backbone alone); pass run_dir/checkpoints/"
+            "best.pt or last.pt"
+        )
     cfg = OmegaConf.create(state["config"])
     cfg.trainer.device = device
     exp = build_experiment(cfg)
@@ -145,25 +208,39 @@ def run_evaluation(
 
 
 def run_export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Save the backbone of ``checkpoint`` alone, as a plain state dict."""
+    """Save the backbone of ``checkpoint`` alone, as a plain state dict (no checksum key,
+    so other tools load it as it is)."""
+    load_checkpoint(checkpoint)  # refuses a missing, corrupt or code-carrying file first
     state = backbone_state(checkpoint)
-    save_checkpoint(state, out)
+    save_checkpoint(state, out, checksum=False)
     print(f"written {out}: {len(state)} tensors of the backbone")
     return Path(out)
 
 
 def exit_on_user_error(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     """Report a user error (bad config value, missing file, bad data or checkpoint,
-    non-finite loss) as one line on stderr and exit with status 2, without a traceback."""
+    non-finite loss) as one line on stderr and exit with status 2, without a traceback
+    (``HYDRA_FULL_ERROR=1`` shows it). A run stopped by SIGINT or SIGTERM prints where it
+    stopped and how to continue, and exits with 130 or 143."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> None:
+        full = os.environ.get("HYDRA_FULL_ERROR") == "1"
         try:
             fn(cfg)
+        except RunStopped as stop:
+            if is_main_process():
+                print(f"pico: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_code)
+        except KeyboardInterrupt:
+            if full:
+                raise
+            print("pico: interrupted before training started; nothing was saved", file=sys.stderr)
+            sys.exit(130)
         except (*USER_ERRORS, InstantiationException) as err:
             # config-built objects arrive wrapped by Hydra: report the original error
             cause = err.__cause__ if isinstance(err, InstantiationException) else err
-            if not isinstance(cause, USER_ERRORS):
+            if full or not isinstance(cause, USER_ERRORS):
                 raise
             message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
             print(f"pico: error: {message}", file=sys.stderr)
@@ -173,10 +250,12 @@ def exit_on_user_error(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig
 
 
 def require_writable_run_dir(overrides: list[str]) -> None:
-    """Create the ``run_dir=...`` of the command line up front, or exit with one line.
+    """Create the ``run_dir=...`` of the command line up front and check that files can be
+    written there, or exit with one line.
 
-    Hydra creates the run folder before pico's code runs and would report a failure
-    with a traceback; this check runs first. Interpolated values are left to Hydra.
+    Hydra creates the run folder and its log file before pico's code runs and would
+    report a failure with a traceback; this check runs first. Interpolated values are
+    left to Hydra.
     """
     given = [arg.split("=", 1)[1] for arg in overrides if arg.startswith("run_dir=")]
     if not given or "${" in given[-1]:
@@ -186,6 +265,16 @@ def require_writable_run_dir(overrides: list[str]) -> None:
     except OSError as err:
         print(
             f"pico: error: run_dir={given[-1]} cannot be created ({err.strerror or err}); "
+            "pass run_dir=DIR for a folder you can write to",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        with tempfile.TemporaryFile(dir=given[-1]):
+            pass
+    except OSError as err:
+        print(
+            f"pico: error: run_dir={given[-1]} is not writable ({err.strerror or err}); "
             "pass run_dir=DIR for a folder you can write to",
             file=sys.stderr,
         )

@@ -45,7 +45,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_state(tmp_path):
     last = crash_dir / "checkpoints" / "last.pt"
     kills = 0
     for _ in range(4):
-        proc = train_process(crash_dir, "resume=auto")
+        proc = train_process(crash_dir, "resume=auto_or_new")
         seen = last.stat().st_mtime_ns if last.exists() else 0
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:

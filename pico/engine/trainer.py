@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,13 @@ from pico.core.distributed import (
 )
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle
-from pico.engine.checkpoint import load_checkpoint, newest_loadable, save_checkpoint
+from pico.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    newest_loadable,
+    save_checkpoint,
+    with_checksum,
+)
 from pico.engine.distributed_run import (
     average_bn_statistics_,
     convert_sync_bn,
@@ -37,6 +44,7 @@ from pico.engine.loader import TensorLoader
 from pico.engine.logger import RunLogger
 from pico.engine.method import Batch, Method, StepInfo
 from pico.engine.optim import build_optimizer, warmup_cosine
+from pico.engine.stop import RunStopped, StopRequest
 from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
 from pico.eval.plots import confusion_figure, curve_figure
@@ -60,10 +68,13 @@ class _Run:
     generator: torch.Generator
     state: dict[str, Any]
     epochs: int
+    stop: StopRequest
     select_metric: str = ""
     select_sign: float = 1.0
     config_yaml: str = ""
+    fingerprint: dict[str, str] | None = None
     images_seen: int = 0
+    metric_seen: bool = False  # an evaluation ran, and a missing select_metric was reported
 
 
 # Run state saved in every checkpoint. ``batch`` > 0 marks a checkpoint inside an epoch,
@@ -113,6 +124,9 @@ def _rank_mean(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     flat = all_reduce_sum(torch.stack([sums[k] for k in names])) / world
     return dict(zip(names, flat.unbind(), strict=True))
 
+
+#: ``resume`` values that pick the newest good checkpoint of the run directory
+AUTO_RESUME = ("auto", "auto_or_new")
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -215,19 +229,27 @@ class Trainer:
         return views
 
     def resume_path(self, resume: str | None) -> Path | None:
-        """Checkpoint to resume from: a path, ``"auto"`` or none.
+        """Checkpoint to resume from: a path, ``"auto"``, ``"auto_or_new"`` or none.
 
         ``"auto"`` takes the newest checkpoint of the run directory that loads, falling
-        back from a corrupt ``last.pt`` to the kept epoch checkpoints; none found means a
-        fresh start.
+        back from a corrupt ``last.pt`` to the kept epoch checkpoints, and raises
+        :class:`CheckpointError` when none loads; ``"auto_or_new"`` then means a fresh
+        start.
         """
         if not resume:
             return None
-        if resume == "auto":
-            epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"), reverse=True)
-            candidates = [p for p in (self.ckpt_dir / "last.pt", *epochs) if p.is_file()]
-            return newest_loadable(candidates)
-        return Path(resume)
+        if resume not in AUTO_RESUME:
+            return Path(resume)
+        epochs = sorted(self.ckpt_dir.glob("epoch_*.pt"), reverse=True)
+        candidates = [p for p in (self.ckpt_dir / "last.pt", *epochs) if p.is_file()]
+        path = newest_loadable(candidates)
+        if path is None and resume == "auto":
+            found = "no checkpoint there loads" if candidates else "it holds no checkpoint"
+            raise CheckpointError(
+                f"resume=auto has nothing to resume in {self.ckpt_dir}: {found}; pass "
+                "resume=auto_or_new to start a new run when there is none, or resume=PATH"
+            )
+        return path
 
     def fit(
         self,
@@ -239,18 +261,31 @@ class Trainer:
         select_mode: str = "max",
         config_yaml: str = "",
         resume: str | None = None,
+        fingerprint: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Train for the budget of :func:`planned_epochs` and return final and best
-        metrics."""
+        metrics; every checkpoint carries ``fingerprint`` (see
+        :mod:`pico.engine.fingerprint`).
+
+        SIGINT or SIGTERM ends the step in progress, writes a checkpoint (inside the
+        epoch, or the epoch's own when it was the last step) and raises
+        :class:`~pico.engine.stop.RunStopped`.
+        """
         run = self._setup(method, bundle, augmenters, evaluator, resume)
         run.select_metric = select_metric
         run.select_sign = 1.0 if select_mode == "max" else -1.0
         run.config_yaml = config_yaml
+        run.fingerprint = fingerprint
         started = time.perf_counter()
-        for epoch in range(run.state["epoch"], run.epochs):
-            sums = self._train_epoch(run, epoch)
-            self._end_epoch(run, epoch, sums)
-        run.logger.close()
+        try:
+            with run.stop.catching():
+                for epoch in range(run.state["epoch"], run.epochs):
+                    sums = self._train_epoch(run, epoch)
+                    self._end_epoch(run, epoch, sums)
+                    if epoch + 1 < run.epochs and self._stop_agreed(run, at_sync=True):
+                        raise self._stopped(run, epoch)
+        finally:
+            run.logger.close()
         elapsed = time.perf_counter() - started
         result = {
             "final": run.state["history"][-1] if run.state["history"] else {},
@@ -331,7 +366,22 @@ class Trainer:
             generator=torch.Generator(device=self.device),
             state=state,
             epochs=epochs,
+            stop=StopRequest(),
         )
+
+    def _stop_agreed(self, run: _Run, at_sync: bool) -> bool:
+        """Whether to stop now on a signal. Under a process group every rank must agree,
+        so the flags are reduced, only at points that synchronise anyway (``at_sync``)."""
+        if get_world_size() == 1:
+            return run.stop.requested
+        if not at_sync:
+            return False
+        flag = torch.tensor([float(run.stop.requested)], device=self.device)
+        return bool(all_reduce_sum(flag).item())
+
+    def _stopped(self, run: _Run, epoch: int) -> RunStopped:
+        signum = run.stop.signum or signal.SIGTERM  # a rank told by the others
+        return RunStopped(signum, epoch + 1, run.state["step"], self.run_dir)
 
     def _train_epoch(self, run: _Run, epoch: int) -> dict[str, torch.Tensor]:
         """One pass over the training split; returns the loss terms summed over its steps
@@ -377,8 +427,10 @@ class Trainer:
             state["step"] += 1
             run.images_seen += len(index) * world
             every = cfg.checkpoint_every_steps
-            save_now = bool(every) and state["step"] % every == 0 and i + 1 < steps
-            if save_now or (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+            log_now = (i + 1) % cfg.log_every == 0 or i + 1 == steps
+            stop = i + 1 < steps and self._stop_agreed(run, at_sync=log_now)
+            save_now = stop or (bool(every) and state["step"] % every == 0 and i + 1 < steps)
+            if save_now or log_now:
                 # the only host-device synchronisation of the loop (besides nonfinite=skip);
                 # every checkpoint is preceded by this check, so none holds a NaN
                 averaged = _rank_mean(sums)
@@ -398,6 +450,9 @@ class Trainer:
                 self._require_finite_state(run)
                 if self.main:
                     self._save(self._checkpoint(run), epoch=None, improved=False)
+            if stop:
+                bar.close()
+                raise self._stopped(run, epoch)
         state["batch"], state["sums"] = 0, {}
         return averaged  # the last step always logs, so this is the epoch's final sum
 
@@ -432,6 +487,15 @@ class Trainer:
             run.logger.figure("test/embedding", figure, done)
         # ties go to the later epoch: same validation score, more training
         metric, sign = run.select_metric, run.select_sign
+        evaluated = len(record) > 1 + len(sums)
+        if evaluated and not run.metric_seen and metric not in record:
+            log.warning(
+                "eval.select_metric=%s is not among this run's metrics %s: no best.pt will be "
+                "written",
+                metric,
+                sorted(k for k in record if k != "epoch"),
+            )
+        run.metric_seen = run.metric_seen or evaluated
         improved = metric in record and (
             state["best"] is None or sign * record[metric] >= sign * state["best"][metric]
         )
@@ -465,6 +529,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if cuda else {}),
             "config": run.config_yaml,
+            "fingerprint": run.fingerprint,
             **run.state,
         }
 
@@ -478,11 +543,17 @@ class Trainer:
         torch.cuda.set_rng_state(state.cpu(), self.device)
 
     def _save(self, ckpt: dict[str, Any], epoch: int | None, improved: bool) -> None:
-        """Write ``last.pt``, ``best.pt`` when improved, and at epoch ends keep the newest
-        epoch files (``epoch`` is ``None`` for a checkpoint inside an epoch)."""
-        save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
+        """Write ``best.pt`` when improved, then ``last.pt``, and at epoch ends keep the
+        newest epoch files (``epoch`` is ``None`` for a checkpoint inside an epoch).
+
+        ``best.pt`` goes first: a kill between the writes leaves ``last.pt`` one epoch
+        behind, and resuming from it redoes that epoch and rewrites both alike, while the
+        other order would leave ``last.pt`` naming a best epoch that ``best.pt`` lacks.
+        """
+        ckpt = with_checksum(ckpt)
         if improved:
             save_checkpoint(ckpt, self.ckpt_dir / "best.pt")
+        save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
         if epoch is not None and self.cfg.keep_last > 0:
             save_checkpoint(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
             for old in sorted(self.ckpt_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last]:
