@@ -78,3 +78,34 @@ def test_mat_yaml_through_load_data(tmp_path):
     assert int(raw["partial"].sum()) == int(
         sum(s.candidates.sum() for s in (bundle.train, bundle.val, bundle.test))
     )
+
+
+def test_auto_scaling_keeps_binary_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    data = np.column_stack(
+        [rng.normal(3.0, 2.0, n), (rng.random(n) < 0.05).astype(float), np.full(n, 1.0)]
+    )
+    labels = np.arange(n) % 3
+    partial = np.zeros((3, n))
+    partial[labels, np.arange(n)] = 1
+    scipy.io.savemat(
+        tmp_path / "b.mat", {"data": data, "target": partial, "partial_target": partial}
+    )
+    auto = load_pll_mat_source(str(tmp_path / "b.mat"), seed=0)
+    every = load_pll_mat_source(str(tmp_path / "b.mat"), standardize=True, seed=0)
+    train_idx, _ = stratified_split(torch.from_numpy(labels), 0.2, 0)
+    raw = data[train_idx.numpy()]
+    # the continuous column is z-scored either way, the 0/1 columns only with standardize=True
+    np.testing.assert_allclose(auto.train.inputs[:, 0].numpy(), every.train.inputs[:, 0].numpy())
+    np.testing.assert_array_equal(auto.train.inputs[:, 1:].numpy(), raw[:, 1:])
+    rare = raw[:, 1]
+    expected = (rare - rare.mean()) / rare.std()
+    np.testing.assert_allclose(every.train.inputs[:, 1].numpy(), expected, rtol=1e-5)
+    assert every.train.inputs[:, 1].max() > 3  # the blown-up indicator auto avoids
+
+
+def test_unknown_scaling_mode_names_the_key(tmp_path):
+    write_mat(tmp_path / "x.mat")
+    with pytest.raises(ValueError, match=r"data\.source\.standardize='yes'.*auto, true or false"):
+        load_pll_mat_source(str(tmp_path / "x.mat"), standardize="yes")

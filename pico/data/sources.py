@@ -144,12 +144,28 @@ def _candidates_from_file(
     )
 
 
+def training_subset(targets: Tensor, size: int, seed: int) -> Tensor:
+    """Sorted indices of a seeded, stratified subset of about ``size`` rows (each class
+    keeps its share, and at least one row); all rows when ``size`` covers them."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(
+            f"data.train_size={size!r} is not a row count; pass a positive integer, or null "
+            "to train on every row"
+        )
+    if size >= len(targets):
+        return torch.arange(len(targets))
+    subset, _ = stratified_split(targets, 1.0 - size / len(targets), seed)
+    return subset
+
+
 def load_data(cfg: DictConfig) -> DataBundle:
     """Build the :class:`DataBundle` described by the ``data`` config node.
 
     Instantiates ``cfg.source``, attaches training candidates from ``cfg.candidates``
     (unless the source already carries them) and holds out a stratified
-    ``cfg.val_fraction`` of the training rows (seeded by ``cfg.seed``) as validation.
+    ``cfg.val_fraction`` of the training rows (seeded by ``cfg.seed``) as validation;
+    ``cfg.train_size``, when set, first keeps a subset of the training rows
+    (:func:`training_subset`), e.g. for a CPU budget.
     ``cfg.mean``/``cfg.std``, when set, replace the source's normalisation statistics
     (e.g. ImageNet's for pretrained backbones).
     """
@@ -166,6 +182,9 @@ def load_data(cfg: DictConfig) -> DataBundle:
             )
         cands = _candidates_for(cand_cfg, train.targets, source.class_names, seed)
         train = Split(train.inputs, train.targets, cands.to(torch.bool))
+    train_size = cfg.get("train_size")
+    if train_size is not None:
+        train = train.subset(training_subset(train.targets, train_size, seed))
     keep, held = stratified_split(train.targets, float(cfg.get("val_fraction", 0.1)), seed)
     return DataBundle(
         name=str(cfg.get("name", "data")),

@@ -61,17 +61,43 @@ def drop_rare_classes(
     return features[rows], new_label[targets[rows]], kept_candidates, kept
 
 
+def standardize_features(features: Tensor, train_rows: Tensor, mode: bool | str) -> Tensor:
+    """Z-score features with the statistics of ``train_rows``, as float32.
+
+    ``mode``: ``True`` z-scores every column, ``False`` none, and ``"auto"`` every column
+    except the binary ones (only the values 0 and 1), which stay as they are: z-scoring an
+    indicator that is on in a few rows turns it into a value near 100 in those rows,
+    which a network then memorises (bench/RESULTS.md, "Binary features"). Constant columns
+    are only centred.
+    """
+    if mode not in (True, False, "auto"):
+        raise ValueError(
+            f"data.source.standardize={mode!r} is not a scaling mode; use auto, true or false"
+        )
+    if mode is False:
+        return features.to(torch.float32)
+    train = features[train_rows].double()
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    scaled = (features.double() - mean) / std
+    if mode == "auto":
+        binary = ((features == 0) | (features == 1)).all(dim=0)
+        scaled = torch.where(binary, features.double(), scaled)
+    return scaled.to(torch.float32)
+
+
 def load_pll_mat_source(
     path: str,
     test_fraction: float = 0.2,
     seed: int = 0,
-    standardize: bool = True,
+    standardize: bool | str = "auto",
     min_class_count: int = 0,
 ) -> SourceData:
     """Features, true labels and candidate sets from a ``.mat`` file, split train/test.
 
-    The split is stratified by true label and seeded; with ``standardize`` features are
-    z-scored with training statistics (constant features are only centred). Both splits
+    The split is stratified by true label and seeded; features are scaled by
+    :func:`standardize_features` (``standardize``: ``"auto"``, ``True`` or ``False``). Both splits
     keep their candidate sets. Classes with no rows, or fewer than ``min_class_count``,
     are reported; with ``min_class_count`` > 0 those below it are dropped (see
     :func:`drop_rare_classes`), as some of the literature does: say so with results.
@@ -102,12 +128,7 @@ def load_pll_mat_source(
             len(targets),
         )
     train_idx, test_idx = stratified_split(targets, test_fraction, seed)
-    if standardize:
-        train_feats = features[train_idx].double()
-        mean = train_feats.mean(dim=0)
-        std = train_feats.std(dim=0, correction=0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        features = ((features.double() - mean) / std).to(torch.float32)
+    features = standardize_features(features, train_idx, standardize)
     return SourceData(
         train=Split(features[train_idx], targets[train_idx], candidates[train_idx]),
         test=Split(features[test_idx], targets[test_idx], candidates[test_idx]),
