@@ -101,15 +101,30 @@ def test_missing_timm_says_how_to_install(monkeypatch):
         timm_backbone(TINY)
 
 
-def test_cub200_preset_takes_a_timm_resnet():
+def cub200_with_timm(*overrides: str):
+    """The CUB-200 preset with a timm ResNet-18 as its backbone."""
+    preset = ["+presets=cub200_q0.05", "model=timm", "model.name=resnet18", "run_dir=x"]
     with initialize_config_module("pico.configs", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["+presets=cub200_q0.05", "model=timm", "model.name=resnet18", "run_dir=x"],
-        )
+        return compose("train", overrides=[*preset, *overrides])
+
+
+def test_cub200_preset_takes_a_timm_resnet():
+    cfg = cub200_with_timm()
     assert cfg.model._target_ == "pico.models.timm_backbone.timm_backbone"
     assert cfg.model.pretrained is True and cfg.model.weights is None  # still refuses scratch
     assert OmegaConf.select(cfg, "data.name") == "cub200"
+
+
+@needs_timm
+def test_cub200_preset_builds_a_timm_resnet_from_local_weights(tmp_path):
+    import timm
+
+    path = tmp_path / "resnet18.pt"
+    state = timm.create_model("resnet18").state_dict()
+    torch.save(state, path)
+    net = build_backbone(cub200_with_timm(f"model.weights={path}").model, (3, 224, 224), "image")
+    assert net.out_dim == 512
+    torch.testing.assert_close(net.conv1.weight, state["conv1.weight"])
 
 
 @needs_timm
