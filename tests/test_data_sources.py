@@ -33,6 +33,7 @@ EXPECTED = {  # config -> (model, aug)
     "hf": ("resnet18", "cifar"),
     "mat": ("mlp", "tabular"),
     "cub200": ("resnet18_imagenet", "imagenet"),
+    "plcifar10": ("resnet18", "cifar"),
 }
 
 
@@ -237,7 +238,7 @@ def test_data_config_loads_with_omegaconf(name):
     assert overrides["override /model"] in MODELS and overrides["override /aug"] in AUGS
     assert data.val_fraction == 0.1
     assert callable(hydra.utils.get_method(data.source._target_))
-    if name == "mat":
+    if name in ("mat", "plcifar10"):  # the file carries the candidate sets
         assert data.candidates is None
     elif name == "cub200":  # the paper's CUB-200 setting
         assert dict(data.candidates) == {"name": "uniform", "q": 0.05}
@@ -248,6 +249,8 @@ def test_data_config_loads_with_omegaconf(name):
             assert OmegaConf.is_missing(data, "root")
         if name in ("hf", "mat") and required == "path":
             assert OmegaConf.is_missing(data, "path")
+    if name == "plcifar10":
+        assert OmegaConf.is_missing(data, "candidates_file")
 
 
 @pytest.fixture(scope="module")
