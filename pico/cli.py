@@ -37,6 +37,7 @@ from pico.engine.run_dir import (
 )
 from pico.engine.stop import RunStopped
 from pico.engine.trainer import AUTO_RESUME, NonFiniteLossError, Trainer, set_determinism
+from pico.engine.validate import validate_train_config
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
 from pico.models.transfer import backbone_state
@@ -131,6 +132,7 @@ def _resume_point(trainer: Trainer, cfg: DictConfig) -> Path | None:
 def _train(cfg: DictConfig) -> dict[str, Any]:
     """Claim the run directory, check a resume against the checkpoint's fingerprint, and
     only then write into the directory and train."""
+    validate_train_config(cfg)
     allowed = check_allow_changes(cfg.get("allow_changes") or [])
     set_determinism(cfg.trainer.deterministic)
     torch.manual_seed(cfg.seed)

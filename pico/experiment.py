@@ -62,6 +62,12 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     check_pretrained(cfg.model)  # refuse before the data is decoded, not after
     bundle = load_data(cfg.data)
     log.info("%s", bundle.summary())
+    if not len(bundle.test) and cfg.data.get("test") != "none":
+        raise ValueError(
+            f"the test split of data={bundle.name} is empty, so no test metrics would be "
+            "reported; give it examples (image folders: ROOT/test/<class>/*.jpg), or pass "
+            "+data.test=none to train without a test split"
+        )
     if bundle.train.candidates is not None:
         stats = candidate_summary(bundle.train.candidates, bundle.train.targets)
         log.info("train candidates: %s", format_candidate_summary(stats))

@@ -113,6 +113,8 @@ def _decode_one(source: Path | bytes, channels: int) -> Tensor:
     """Decode one encoded image (a file path or its bytes) to uint8 (channels, H, W)."""
     mode, pil_mode = _MODES[channels]
     raw = source.read_bytes() if isinstance(source, Path) else source
+    if not raw:
+        raise ValueError(f"image {_describe(source)} is empty (0 bytes); remove or replace it")
     try:
         image: Tensor | None = decode_image(
             torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode

@@ -87,6 +87,26 @@ def standardize_features(features: Tensor, train_rows: Tensor, mode: bool | str)
     return scaled.to(torch.float32)
 
 
+def _refuse_transposed_data(file: Path) -> None:
+    """Name a ``data`` matrix stored D x N (one column per example), which the loader would
+    report as ``partial_target`` not matching the row count of ``data``."""
+    import scipy.io
+
+    try:
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(file)}
+    except (NotImplementedError, ValueError, OSError):
+        return  # unreadable files are reported by the loader
+    data, partial = shapes.get("data"), shapes.get("partial_target")
+    if data is None or partial is None or len(data) != 2 or len(partial) != 2:
+        return
+    if data[0] not in partial and data[1] in partial:
+        raise ValueError(
+            f"{file}: 'data' has shape {data}, one column per example, while "
+            f"'partial_target' {partial} holds {data[1]} examples; store 'data' as N x D, one "
+            "row per example (data = data' in MATLAB, data.T in numpy)"
+        )
+
+
 def load_pll_mat_source(
     path: str,
     test_fraction: float = 0.2,
@@ -112,6 +132,7 @@ def load_pll_mat_source(
             "a MATLAB file with keys data (N x D), target and partial_target (C x N)",
             "pass data.path=FILE.mat pointing at an existing file",
         )
+    _refuse_transposed_data(file)
     features, targets, candidates = load_pll_mat(file)
     report_below = min_class_count or 5  # fewer than 5: not in both the test and val split
     report = class_counts_report(targets, candidates.shape[1], report_below)

@@ -73,8 +73,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, checksum: bool = Tr
     :class:`CheckpointError`, with the previous file intact.
     """
     path = Path(path)
+    full = (
+        f"cannot write checkpoint {path}: {{}}; free disk space or choose another run_dir "
+        "(the previous checkpoint is intact)"
+    )
     buffer = io.BytesIO()
-    torch.save(with_checksum(state) if checksum else state, buffer)
+    try:
+        torch.save(with_checksum(state) if checksum else state, buffer)
+    except OSError as err:
+        raise CheckpointError(full.format(err.strerror or err)) from err
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -90,10 +97,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, checksum: bool = Tr
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or choose "
-            "another run_dir (the previous checkpoint is intact)"
-        ) from err
+        raise CheckpointError(full.format(err.strerror or err)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -507,16 +507,22 @@ class Trainer:
         summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
         log.info("epoch %d: %s", done, summary)
 
-    @staticmethod
-    def _require_finite_state(run: _Run) -> None:
+    def _require_finite_state(self, run: _Run) -> None:
         """Refuse (``NonFiniteLossError``) a method state holding NaN or Inf, so no
         checkpoint ever carries one (checked on every process: their states agree)."""
         floats = [v for v in run.method.state_dict().values() if v.is_floating_point()]
         if floats and not bool(torch.isfinite(torch.stack(torch._foreach_norm(floats))).all()):
             raise NonFiniteLossError(
                 f"the model state became non-finite by step {run.state['step']}; nothing was "
-                "saved: lower the learning rate and resume from checkpoints/last.pt"
+                f"saved: lower the learning rate and {self._restart_hint()}"
             )
+
+    def _restart_hint(self) -> str:
+        """Where to continue from after a stop on a non-finite value."""
+        last = self.ckpt_dir / "last.pt"
+        if last.is_file():
+            return f"resume from the last good checkpoint ({last}, written before these steps)"
+        return "start the run again (no checkpoint was written yet)"
 
     def _checkpoint(self, run: _Run) -> dict[str, Any]:
         """Everything needed to continue the run exactly where it stands, with any number
@@ -559,15 +565,13 @@ class Trainer:
             for old in sorted(self.ckpt_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last]:
                 old.unlink()
 
-    @staticmethod
-    def _check_finite(means: dict[str, float], first: int, last: int) -> None:
+    def _check_finite(self, means: dict[str, float], first: int, last: int) -> None:
         """Stop on a non-finite loss, naming the steps (1-based) and the loss terms."""
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss in steps {first}-{last} (epoch means {means}); lower the "
-                "learning rate or check the inputs, then resume from the last good checkpoint "
-                "(checkpoints/last.pt, written before these steps), or set "
+                f"learning rate or check the inputs, then {self._restart_hint()}, or set "
                 "trainer.nonfinite=skip to drop such steps"
             )
 
