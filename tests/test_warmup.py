@@ -14,7 +14,7 @@ from pico.cli import run_training
 from pico.engine.checkpoint import load_checkpoint
 from pico.engine.method import Batch, StepInfo
 from pico.pll.pico import PiCO
-from pico.pll.warmup import Warmup
+from pico.pll.warmup import Warmup, candidate_ambiguity
 
 
 @pytest.mark.parametrize(
@@ -44,11 +44,47 @@ def test_the_step_floor_never_takes_half_the_run(steps_per_epoch, epochs, min_st
     assert steps == min(min_steps, math.floor(share * total))
 
 
+def naive_ambiguity(candidates):
+    rows = [(sum(row) - 1) / (len(row) - 1) for row in candidates.int().tolist()]
+    return sum(rows) / len(rows)
+
+
+def test_candidate_ambiguity_matches_a_loop_and_is_q_for_uniform_sets():
+    gen = torch.Generator().manual_seed(0)
+    candidates = torch.rand(500, 10, generator=gen) < 0.3
+    candidates[torch.arange(500), torch.randint(0, 10, (500,), generator=gen)] = True
+    assert candidate_ambiguity(candidates) == pytest.approx(naive_ambiguity(candidates))
+    assert candidate_ambiguity(torch.eye(6, dtype=torch.bool)) == 0.0
+    assert candidate_ambiguity(torch.ones(4, 6, dtype=torch.bool)) == 1.0
+    # uniform candidates: every wrong class a candidate with probability q
+    uniform = torch.rand(20_000, 10, generator=gen) < 0.7
+    uniform[:, 0] = True
+    assert candidate_ambiguity(uniform) == pytest.approx(0.7, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("ambiguity", "expected"),
+    [(1.0, 600), (0.3, 600), (0.15, 300), (0.03, 60), (0.0, 20)],
+)
+def test_the_floor_scales_with_ambiguity_below_full(ambiguity, expected):
+    # CIFAR-sized run (the share cap is far away), 20 steps per epoch
+    assert Warmup(ambiguity=ambiguity).steps(20, 20_000) == expected
+
+
+def test_nearly_unambiguous_sets_get_about_the_paper_epoch():
+    # italian.mat: 1.6 candidates among 90 classes, 62 steps per epoch, 3,038 steps
+    italian = Warmup(ambiguity=0.6 / 89)
+    assert italian.steps(62, 3038) == 62
+    assert Warmup(ambiguity=0.6 / 89, full_ambiguity=0.005).steps(62, 3038) == 600
+
+
 def test_bad_settings_are_refused_with_their_keys():
     with pytest.raises(ValueError, match=r"method\.warmup_share=1\.5 must lie in \[0, 1\]"):
         Warmup(share=1.5)
     with pytest.raises(ValueError, match=r"method\.warmup_min_steps=-3 must be >= 0"):
         Warmup(min_steps=-3)
+    with pytest.raises(ValueError, match=r"method\.warmup_full_ambiguity=0 must be > 0"):
+        Warmup(full_ambiguity=0)
 
 
 def test_warning_names_the_keys_when_warmup_takes_half_the_run(caplog):

@@ -14,7 +14,7 @@ from pico.pll.candidates_buffer import (
     weighted_cross_entropy,
 )
 from pico.pll.supervised import ClassifierMethod
-from pico.pll.warmup import Warmup
+from pico.pll.warmup import Warmup, candidate_ambiguity
 
 
 def class_activation_values(logits: Tensor) -> Tensor:
@@ -51,8 +51,9 @@ class CAVL(ClassifierMethod):
     targets only until its first visit, i.e. for one epoch: hundreds of steps on the
     paper's data, 20 on digits, where the one-hot targets of an untrained model lock in.
     So every target stays uniform through a warm-up (:class:`~pico.pll.warmup.Warmup`:
-    ``warmup_epochs``, at least ``warmup_min_steps`` steps unless that takes more than
-    ``warmup_share`` of the run) before re-selection starts; ``warmup_min_steps=0`` gives
+    ``warmup_epochs``, at least ``warmup_min_steps`` steps, fewer for nearly unambiguous
+    candidate sets, unless that takes more than ``warmup_share`` of the run) before
+    re-selection starts; ``warmup_min_steps=0`` gives
     the paper's rule.
     """
 
@@ -66,10 +67,17 @@ class CAVL(ClassifierMethod):
         warmup_epochs: float = 0.0,
         warmup_min_steps: int = 600,
         warmup_share: float = 0.25,
+        warmup_full_ambiguity: float = 0.3,
     ) -> None:
         super().__init__(backbone, task)
-        self.warmup = Warmup(warmup_epochs, warmup_min_steps, warmup_share)
         candidates = require_candidates(task, "cavl")
+        self.warmup = Warmup(
+            warmup_epochs,
+            warmup_min_steps,
+            warmup_share,
+            warmup_full_ambiguity,
+            candidate_ambiguity(candidates),
+        )
         self.register_buffer("candidates", candidates)
         self.register_buffer("targets", uniform_confidence(candidates))
 

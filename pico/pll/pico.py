@@ -22,7 +22,7 @@ from pico.pll.candidates_buffer import (
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
 from pico.pll.prototypes import update_prototypes
 from pico.pll.supervised import ClassifierMethod
-from pico.pll.warmup import Warmup
+from pico.pll.warmup import Warmup, candidate_ambiguity
 
 
 @dataclass
@@ -72,12 +72,13 @@ class PiCO(ClassifierMethod):
     the classifier learns from the confidence matrix.
 
     Warm-up (:class:`~pico.pll.warmup.Warmup`) lasts the paper's ``warmup_epochs``, and at
-    least ``warmup_min_steps`` optimizer steps unless that floor would take more than
-    ``warmup_share`` of the run: small data sets with few steps per epoch get a long enough
-    warm-up, and no run stays in warm-up throughout. Warm-up gates both the prototype and
-    the confidence updates; its contrastive loss is MoCo's InfoNCE (positive: the row's own
-    key; negatives: the queue), or with ``warmup_batch_negatives`` also the batch's other
-    queries and keys.
+    least ``warmup_min_steps`` optimizer steps (scaled down for candidate sets less
+    ambiguous than ``warmup_full_ambiguity``) unless that floor would take more than
+    ``warmup_share`` of the run: small data sets with ambiguous candidates and few steps
+    per epoch get a long enough warm-up, and no run stays in warm-up throughout. Warm-up
+    gates both the prototype and the confidence updates; its contrastive loss is MoCo's
+    InfoNCE (positive: the row's own key; negatives: the queue), or with
+    ``warmup_batch_negatives`` also the batch's other queries and keys.
     """
 
     views = ("weak", "strong")
@@ -104,6 +105,7 @@ class PiCO(ClassifierMethod):
         warmup_epochs: float = 1.0,
         warmup_min_steps: int = 600,
         warmup_share: float = 0.25,
+        warmup_full_ambiguity: float = 0.3,
         warmup_batch_negatives: bool = False,
     ) -> None:
         super().__init__(backbone, task)
@@ -124,7 +126,13 @@ class PiCO(ClassifierMethod):
         self.contrastive_weight = contrastive_weight
         self.proto_momentum = proto_momentum
         self.phi_range = (phi_start, phi_end)
-        self.warmup = Warmup(warmup_epochs, warmup_min_steps, warmup_share)
+        self.warmup = Warmup(
+            warmup_epochs,
+            warmup_min_steps,
+            warmup_share,
+            warmup_full_ambiguity,
+            candidate_ambiguity(candidates),
+        )
         self.warmup_batch_negatives = warmup_batch_negatives
 
     def warmup_steps(self, info: StepInfo) -> int:
