@@ -1,0 +1,11 @@
+"""Self-supervised baselines on the same engine as PiCO: MoCo v2, SimCLR, BYOL and
+instance discrimination."""
+
+from __future__ import annotations
+
+from baselines.byol import BYOL, byol_loss
+from baselines.instdisc import InstDisc
+from baselines.moco import MoCo
+from baselines.simclr import SimCLR
+
+__all__ = ["BYOL", "InstDisc", "MoCo", "SimCLR", "byol_loss"]

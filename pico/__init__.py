@@ -1,0 +1,137 @@
+"""pico: partial-label learning (PiCO and its baselines) and contrastive representation
+learning in PyTorch.
+
+The names a training loop composes are here: the methods, the method protocol, the
+losses, the feature queue, the EMA helpers, heads, candidate-set generators and the
+evaluation functions; the subpackages (``pico.pll``, ``pico.core``, ``pico.models``,
+``pico.data``, ``pico.eval``, ``pico.engine``) hold the rest. ``import pico`` imports
+neither Hydra nor OmegaConf: the parts that read Hydra configs (:class:`Trainer`,
+:class:`Evaluator`, the data loaders) and the self-supervised baselines load on first
+use::
+
+    import pico
+
+    task = pico.TaskInfo(num_classes, num_train, train_candidates=candidates)
+    method = pico.PiCO(backbone, task)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from pico._lazy import lazy_exports
+from pico.core import (
+    FeatureQueue,
+    cosine_momentum,
+    ema_update_,
+    info_nce,
+    momentum_copy,
+    nce_loss,
+    nt_xent,
+    sup_con,
+    sup_con_from_labels,
+)
+from pico.engine import Batch, Method, StepInfo, TaskInfo
+from pico.eval import approximated_accuracy, covering_rate, knn_predict, topk_accuracy
+from pico.models import MLPEncoder, SmallConvNet, cifar_resnet, imagenet_resnet, mlp_head
+from pico.pll import (
+    CAVL,
+    CC,
+    LWS,
+    PRODEN,
+    RC,
+    CandidateError,
+    PiCO,
+    PiCOPlus,
+    Supervised,
+    cc_loss,
+    generate_candidates,
+    lws_loss,
+    noisy_candidates,
+    uniform_candidates,
+    validate_candidates,
+    weighted_cross_entropy,
+)
+
+if TYPE_CHECKING:
+    from baselines import BYOL, InstDisc, MoCo, SimCLR, byol_loss
+    from pico.engine import Trainer
+    from pico.eval import Evaluator, linear_probe
+
+#: the distribution that installs this package (``[project] name`` in pyproject.toml)
+_DISTRIBUTION = "pico"
+#: ``[project] version`` in pyproject.toml, for a source tree that is not installed
+_SOURCE_VERSION = "0.1.0"
+
+try:
+    __version__ = version(_DISTRIBUTION)
+except PackageNotFoundError:
+    __version__ = _SOURCE_VERSION
+
+# lazy: the baselines import pico themselves (an eager import here would be a cycle), and
+# the trainer and evaluator read Hydra configs
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "BYOL": "baselines",
+        "InstDisc": "baselines",
+        "MoCo": "baselines",
+        "SimCLR": "baselines",
+        "byol_loss": "baselines",
+        "Trainer": "pico.engine",
+        "Evaluator": "pico.eval",
+        "linear_probe": "pico.eval",
+    },
+    submodules=("data",),
+)
+
+__all__ = [
+    "BYOL",
+    "CAVL",
+    "CC",
+    "LWS",
+    "PRODEN",
+    "RC",
+    "Batch",
+    "CandidateError",
+    "Evaluator",
+    "FeatureQueue",
+    "InstDisc",
+    "MLPEncoder",
+    "Method",
+    "MoCo",
+    "PiCO",
+    "PiCOPlus",
+    "SimCLR",
+    "SmallConvNet",
+    "StepInfo",
+    "Supervised",
+    "TaskInfo",
+    "Trainer",
+    "__version__",
+    "approximated_accuracy",
+    "byol_loss",
+    "cc_loss",
+    "cifar_resnet",
+    "cosine_momentum",
+    "covering_rate",
+    "ema_update_",
+    "generate_candidates",
+    "imagenet_resnet",
+    "info_nce",
+    "knn_predict",
+    "linear_probe",
+    "lws_loss",
+    "mlp_head",
+    "momentum_copy",
+    "nce_loss",
+    "noisy_candidates",
+    "nt_xent",
+    "sup_con",
+    "sup_con_from_labels",
+    "topk_accuracy",
+    "uniform_candidates",
+    "validate_candidates",
+    "weighted_cross_entropy",
+]

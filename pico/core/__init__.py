@@ -1,4 +1,8 @@
-"""The MoCo core shared by PiCO and the baselines: EMA, feature queue, losses, gathers."""
+"""The MoCo core shared by PiCO and the baselines: EMA, feature queue, losses, gathers.
+
+None of it needs Hydra: ``from pico.core import FeatureQueue, info_nce, momentum_copy``
+in any training loop.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,28 @@ from pico.core.distributed import (
     is_distributed,
     is_main_process,
 )
-from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
+from pico.core.ema import (
+    MomentumTensors,
+    cosine_momentum,
+    ema_step_,
+    ema_update_,
+    momentum_copy,
+    momentum_tensors,
+)
 from pico.core.losses import info_nce, nt_xent, sup_con, sup_con_from_labels
+from pico.core.nce import bank_logits, estimate_log_z, nce_loss
 from pico.core.queue import FeatureQueue, queue_size_for
 
 __all__ = [
     "FeatureQueue",
+    "MomentumTensors",
     "all_reduce_sum",
+    "bank_logits",
     "broadcast_object",
     "cosine_momentum",
+    "ema_step_",
     "ema_update_",
+    "estimate_log_z",
     "gather_no_grad",
     "gather_with_grad",
     "get_rank",
@@ -30,6 +46,8 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "momentum_copy",
+    "momentum_tensors",
+    "nce_loss",
     "nt_xent",
     "queue_size_for",
     "sup_con",

@@ -1,0 +1,52 @@
+"""The training engine: the method protocol (:class:`Method`, :class:`Batch`,
+:class:`StepInfo`, :class:`TaskInfo`), the :class:`Trainer`, the loader, optimizers and
+checkpoints.
+
+Only the protocol loads with the package; the trainer and its parts (Hydra, OmegaConf,
+TensorBoard) load on first use, so a method module imports without them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pico._lazy import lazy_exports
+from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+
+if TYPE_CHECKING:
+    from pico.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pico.engine.distributed_run import resolve_device
+    from pico.engine.loader import TensorLoader
+    from pico.engine.optim import build_optimizer, warmup_cosine
+    from pico.engine.trainer import NonFiniteLossError, Trainer
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CheckpointError": "pico.engine.checkpoint",
+        "load_checkpoint": "pico.engine.checkpoint",
+        "save_checkpoint": "pico.engine.checkpoint",
+        "resolve_device": "pico.engine.distributed_run",
+        "TensorLoader": "pico.engine.loader",
+        "build_optimizer": "pico.engine.optim",
+        "warmup_cosine": "pico.engine.optim",
+        "NonFiniteLossError": "pico.engine.trainer",
+        "Trainer": "pico.engine.trainer",
+    },
+)
+
+__all__ = [
+    "Batch",
+    "CheckpointError",
+    "Method",
+    "NonFiniteLossError",
+    "StepInfo",
+    "TaskInfo",
+    "TensorLoader",
+    "Trainer",
+    "build_optimizer",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "warmup_cosine",
+]

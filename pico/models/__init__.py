@@ -1,18 +1,43 @@
-"""Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data) and heads."""
+"""Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data) and heads.
+
+:func:`build_backbone` (a backbone from a Hydra ``model`` config) and
+:func:`timm_backbone` load on first use, so importing this package needs neither Hydra
+nor timm.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pico._lazy import lazy_exports
 from pico.models.convnet import SmallConvNet
-from pico.models.factory import build_backbone
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
 from pico.models.resnet import cifar_resnet, imagenet_resnet
+from pico.models.transfer import backbone_state, load_backbone_
+
+if TYPE_CHECKING:
+    from pico.models.factory import build_backbone, check_pretrained
+    from pico.models.timm_backbone import timm_backbone
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "build_backbone": "pico.models.factory",
+        "check_pretrained": "pico.models.factory",
+        "timm_backbone": "pico.models.timm_backbone",
+    },
+)
 
 __all__ = [
     "MLPEncoder",
     "SmallConvNet",
+    "backbone_state",
     "build_backbone",
+    "check_pretrained",
     "cifar_resnet",
     "imagenet_resnet",
+    "load_backbone_",
     "mlp_head",
+    "timm_backbone",
 ]
