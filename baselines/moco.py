@@ -67,7 +67,7 @@ class MoCo(Method):
         cosine_schedule: bool = False,
         temperature: float = 0.2,
         symmetric: bool = True,
-        bn_groups: int = 1,
+        bn_groups: int = 4,
         key_bn: str = "shuffle",
     ) -> None:
         super().__init__()
