@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from pico.core.ema import cosine_momentum, momentum_copy
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 
 
@@ -47,7 +48,7 @@ class BYOL(Method):
             raise ValueError(f"BYOL base_momentum must lie in [0, 1], got {base_momentum}")
         self.backbone = backbone
         self.projector = mlp_head(
-            backbone.out_dim, proj_hidden, proj_dim, num_layers=2, batch_norm=True
+            feature_dim(backbone, task.input_shape), proj_hidden, proj_dim, 2, batch_norm=True
         )
         self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim, num_layers=2, batch_norm=True)
         self.target_backbone = momentum_copy(backbone)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from pico.core.distributed import gather_no_grad
 from pico.core.nce import bank_logits, estimate_log_z, nce_loss
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+from pico.models.dims import feature_dim
 
 #: Largest train split for which ``exact=None`` picks the exact softmax over the bank.
 #: NCE with Z fixed at the first step needs N large: Z starts near N * exp(1 / (2 D T^2))
@@ -63,7 +64,7 @@ class InstDisc(Method):
         if task.num_train < 1:
             raise ValueError("InstDisc needs a non-empty train split (task.num_train >= 1)")
         self.backbone = backbone
-        self.head = nn.Linear(backbone.out_dim, proj_dim)
+        self.head = nn.Linear(feature_dim(backbone, task.input_shape), proj_dim)
         self.temperature = temperature
         self.bank_momentum = bank_momentum
         self.num_data = task.num_train

@@ -13,6 +13,7 @@ from pico.core.ema import cosine_momentum, momentum_copy
 from pico.core.losses import info_nce
 from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 
 KEY_BN = ("shuffle", "local", "sync")
@@ -76,8 +77,9 @@ class MoCo(Method):
         if key_bn not in KEY_BN:
             raise ValueError(f"MoCo key_bn={key_bn!r} is unknown; choose one of {KEY_BN}")
         self.backbone = backbone
-        hidden = backbone.out_dim if proj_hidden is None else proj_hidden
-        self.head = mlp_head(backbone.out_dim, hidden, proj_dim, num_layers=2)
+        width = feature_dim(backbone, task.input_shape)
+        hidden = width if proj_hidden is None else proj_hidden
+        self.head = mlp_head(width, hidden, proj_dim, num_layers=2)
         self.key_backbone = momentum_copy(backbone)
         self.key_head = momentum_copy(self.head)
         if key_bn == "sync":

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from pico.core.distributed import gather_with_grad
 from pico.core.losses import nt_xent
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 
 
@@ -36,7 +37,7 @@ class SimCLR(Method):
             raise ValueError(f"SimCLR temperature must be > 0, got {temperature}")
         self.backbone = backbone
         self.projector = mlp_head(
-            backbone.out_dim, proj_hidden, proj_dim, num_layers=2, batch_norm=True
+            feature_dim(backbone, task.input_shape), proj_hidden, proj_dim, 2, batch_norm=True
         )
         self.temperature = temperature
 

@@ -34,7 +34,14 @@ from pico.core import (
 )
 from pico.engine import Batch, Method, StepInfo, TaskInfo
 from pico.eval import approximated_accuracy, covering_rate, knn_predict, topk_accuracy
-from pico.models import MLPEncoder, SmallConvNet, cifar_resnet, imagenet_resnet, mlp_head
+from pico.models import (
+    MLPEncoder,
+    SmallConvNet,
+    cifar_resnet,
+    feature_dim,
+    imagenet_resnet,
+    mlp_head,
+)
 from pico.pll import (
     CAVL,
     CC,
@@ -117,6 +124,7 @@ __all__ = [
     "cosine_momentum",
     "covering_rate",
     "ema_update_",
+    "feature_dim",
     "generate_candidates",
     "imagenet_resnet",
     "info_nce",

@@ -23,13 +23,14 @@ class Batch:
     """One training batch on the training device.
 
     ``views`` holds one augmented tensor per name in ``Method.views`` (same order);
-    ``index`` are the rows of the train split; ``target`` the true labels (-1 where
-    unknown). Partial-label methods must not read ``target``.
+    ``index`` are the rows of the train split (partial-label methods look their candidate
+    sets up by it); ``target`` the true labels (-1 where unknown), needed only by
+    :class:`~pico.pll.supervised.Supervised`: partial-label methods never read it.
     """
 
     index: Tensor
     views: list[Tensor]
-    target: Tensor
+    target: Tensor | None = None
 
 
 @dataclass
@@ -51,17 +52,36 @@ class StepInfo:
 class TaskInfo:
     """What a method may know about its training data when it is built.
 
-    ``train_candidates`` is the (N, C) bool candidate matrix of the train split when the
-    data carries candidate sets; ``train_targets`` are true labels (-1 where unknown),
-    for supervised references only.
+    ``train_candidates`` is the (N, C) bool candidate matrix of the train split, which
+    partial-label methods need; ``train_targets`` are true labels (-1 where unknown), for
+    the supervised reference only. ``input_shape`` is one example's shape (``(C, H, W)``
+    or ``(D,)``), used to measure the feature width of a backbone without an ``out_dim``
+    attribute (:func:`~pico.models.dims.feature_dim`); ``kind`` (``"image"`` or
+    ``"tabular"``) is informational. From Python, a partial-label task is just::
+
+        TaskInfo(num_classes=10, num_train=len(candidates), train_candidates=candidates)
     """
 
     num_classes: int
     num_train: int
-    input_shape: tuple[int, ...]
-    kind: str
-    train_targets: Tensor
+    input_shape: tuple[int, ...] | None = None
+    kind: str | None = None
+    train_targets: Tensor | None = None
     train_candidates: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = (self.num_train, self.num_classes)
+        if self.train_candidates is not None and tuple(self.train_candidates.shape) != shape:
+            raise ValueError(
+                f"TaskInfo.train_candidates has shape {tuple(self.train_candidates.shape)}, "
+                f"but num_train={self.num_train} and num_classes={self.num_classes} ask for "
+                f"{shape}: one row of candidate flags per training example"
+            )
+        if self.train_targets is not None and len(self.train_targets) != self.num_train:
+            raise ValueError(
+                f"TaskInfo.train_targets has {len(self.train_targets)} labels, but "
+                f"num_train={self.num_train}: one label (-1: unknown) per training example"
+            )
 
 
 class Method(nn.Module):
@@ -70,6 +90,20 @@ class Method(nn.Module):
     Subclasses set ``views`` (names of augmentation recipes, one per view they need),
     implement :meth:`training_step`, and override the hooks they need. Everything a
     method must carry across a checkpoint lives in parameters or registered buffers.
+
+    A training loop of your own (outside :class:`~pico.engine.trainer.Trainer`) must call
+    the hooks the engine calls, or schedules and momentum encoders stand still::
+
+        for epoch in range(epochs):
+            method.on_epoch_start(StepInfo(epoch, step, epochs, steps_per_epoch))
+            for index, views in batches:  # one tensor per name in method.views
+                info = StepInfo(epoch, step, epochs, steps_per_epoch)
+                loss = method.training_step(Batch(index, views), info)["loss"]
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                method.after_optimizer_step(info)
+                step += 1
     """
 
     views: tuple[str, ...] = ("weak",)
@@ -85,7 +119,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def on_epoch_start(self, info: StepInfo) -> None:
-        """Called before the first step of each epoch (schedules that move per epoch)."""
+        """Called before the first step of each epoch (schedules that move per epoch, e.g.
+        PiCO's φ); a loop of your own must call it too."""
 
     def momentum_update_(
         self, pairs: Sequence[tuple[nn.Module, nn.Module]], momentum: float
@@ -123,7 +158,8 @@ class Method(nn.Module):
             setattr(self, self.step_graph, torch.compile(step, mode=mode))
 
     def after_optimizer_step(self, info: StepInfo) -> None:
-        """Called after each optimizer step (momentum encoders, memory banks)."""
+        """Called after each optimizer step (momentum encoders, memory banks); a loop of
+        your own must call it too, or the key encoders never follow the online ones."""
 
     def backbone_module(self) -> nn.Module:
         """The encoder whose pooled features are evaluated (kNN, linear probe, export).

@@ -1,4 +1,5 @@
-"""Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data) and heads.
+"""Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data), heads, and
+:func:`feature_dim`, the feature width of any backbone.
 
 :func:`build_backbone` (a backbone from a Hydra ``model`` config) and
 :func:`timm_backbone` load on first use, so importing this package needs neither Hydra
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pico._lazy import lazy_exports
 from pico.models.convnet import SmallConvNet
+from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
 from pico.models.resnet import cifar_resnet, imagenet_resnet
@@ -36,6 +38,7 @@ __all__ = [
     "build_backbone",
     "check_pretrained",
     "cifar_resnet",
+    "feature_dim",
     "imagenet_resnet",
     "load_backbone_",
     "mlp_head",

@@ -110,8 +110,8 @@ class PiCO(ClassifierMethod):
     ) -> None:
         super().__init__(backbone, task)
         candidates = require_candidates(task, self.method_name)
-        hidden = proj_hidden or backbone.out_dim
-        self.head = mlp_head(backbone.out_dim, hidden, proj_dim, num_layers=2)
+        width = self.classifier.in_features
+        self.head = mlp_head(width, proj_hidden or width, proj_dim, num_layers=2)
         self.key_backbone = momentum_copy(self.backbone)
         self.key_head = momentum_copy(self.head)
         self.queue = FeatureQueue(
