@@ -76,6 +76,7 @@ def test_nearly_unambiguous_sets_get_about_the_paper_epoch():
     italian = Warmup(ambiguity=0.6 / 89)
     assert italian.steps(62, 3038) == 62
     assert Warmup(ambiguity=0.6 / 89, full_ambiguity=0.005).steps(62, 3038) == 600
+    assert Warmup(ambiguity=0.6 / 89, full_ambiguity=0).steps(62, 3038) == 600  # CAVL's
 
 
 def test_bad_settings_are_refused_with_their_keys():
@@ -83,8 +84,8 @@ def test_bad_settings_are_refused_with_their_keys():
         Warmup(share=1.5)
     with pytest.raises(ValueError, match=r"method\.warmup_min_steps=-3 must be >= 0"):
         Warmup(min_steps=-3)
-    with pytest.raises(ValueError, match=r"method\.warmup_full_ambiguity=0 must be > 0"):
-        Warmup(full_ambiguity=0)
+    with pytest.raises(ValueError, match=r"method\.warmup_full_ambiguity=-1 must be >= 0"):
+        Warmup(full_ambiguity=-1)
 
 
 def test_warning_names_the_keys_when_warmup_takes_half_the_run(caplog):

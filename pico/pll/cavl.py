@@ -51,9 +51,10 @@ class CAVL(ClassifierMethod):
     targets only until its first visit, i.e. for one epoch: hundreds of steps on the
     paper's data, 20 on digits, where the one-hot targets of an untrained model lock in.
     So every target stays uniform through a warm-up (:class:`~pico.pll.warmup.Warmup`:
-    ``warmup_epochs``, at least ``warmup_min_steps`` steps, fewer for nearly unambiguous
-    candidate sets, unless that takes more than ``warmup_share`` of the run) before
-    re-selection starts; ``warmup_min_steps=0`` gives
+    ``warmup_epochs``, at least ``warmup_min_steps`` steps unless that takes more than
+    ``warmup_share`` of the run) before re-selection starts. Unlike PiCO's moving-average
+    confidences, a one-hot CAVL target is self-reinforcing, so the floor does not shrink
+    for unambiguous candidate sets (``warmup_full_ambiguity=0``); ``warmup_min_steps=0`` gives
     the paper's rule.
     """
 
@@ -67,7 +68,7 @@ class CAVL(ClassifierMethod):
         warmup_epochs: float = 0.0,
         warmup_min_steps: int = 600,
         warmup_share: float = 0.25,
-        warmup_full_ambiguity: float = 0.3,
+        warmup_full_ambiguity: float = 0.0,
     ) -> None:
         super().__init__(backbone, task)
         candidates = require_candidates(task, "cavl")

@@ -23,7 +23,8 @@ class Warmup:
     its steps in warm-up. The floor is there because early wrong targets lock in, and that
     risk grows with the candidate sets' :func:`candidate_ambiguity`: sets at or above
     ``full_ambiguity`` (uniform q=0.3) get all of ``min_steps``, nearly unambiguous ones
-    (a real-world set of 1.6 candidates among 90 classes) almost none.
+    (a real-world set of 1.6 candidates among 90 classes) almost none;
+    ``full_ambiguity=0`` keeps the whole floor whatever the candidates.
     """
 
     epochs: float = 1.0
@@ -41,10 +42,11 @@ class Warmup:
                 f"method.warmup_epochs={self.epochs} and method.warmup_min_steps="
                 f"{self.min_steps} must be >= 0"
             )
-        if not self.full_ambiguity > 0:
+        if not self.full_ambiguity >= 0:
             raise ValueError(
-                f"method.warmup_full_ambiguity={self.full_ambiguity} must be > 0 (the "
-                "candidate ambiguity at which the step floor is all of warmup_min_steps)"
+                f"method.warmup_full_ambiguity={self.full_ambiguity} must be >= 0 (the "
+                "candidate ambiguity at which the step floor is all of warmup_min_steps; "
+                "0: always all of it)"
             )
         if not 0 <= self.share <= 1:
             raise ValueError(
@@ -54,7 +56,8 @@ class Warmup:
 
     def steps(self, steps_per_epoch: int, total_steps: int) -> int:
         """Optimizer steps of warm-up in a run of ``total_steps`` steps."""
-        scaled = round(self.min_steps * min(1.0, self.ambiguity / self.full_ambiguity))
+        scale = min(1.0, self.ambiguity / self.full_ambiguity) if self.full_ambiguity else 1.0
+        scaled = round(self.min_steps * scale)
         floor = min(scaled, int(self.share * total_steps))
         return max(round(self.epochs * steps_per_epoch), floor)
 
