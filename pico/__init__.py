@@ -34,14 +34,7 @@ from pico.core import (
 )
 from pico.engine import Batch, Method, StepInfo, TaskInfo
 from pico.eval import approximated_accuracy, covering_rate, knn_predict, topk_accuracy
-from pico.models import (
-    MLPEncoder,
-    SmallConvNet,
-    cifar_resnet,
-    feature_dim,
-    imagenet_resnet,
-    mlp_head,
-)
+from pico.models import MLPEncoder, SmallConvNet, feature_dim, mlp_head
 from pico.pll import (
     CAVL,
     CC,
@@ -65,6 +58,7 @@ if TYPE_CHECKING:
     from baselines import BYOL, InstDisc, MoCo, SimCLR, byol_loss
     from pico.engine import Trainer
     from pico.eval import Evaluator, linear_probe
+    from pico.models import cifar_resnet, imagenet_resnet
 
 #: the distribution that installs this package (``[project] name`` in pyproject.toml)
 _DISTRIBUTION = "pico"
@@ -76,8 +70,8 @@ try:
 except PackageNotFoundError:
     __version__ = _SOURCE_VERSION
 
-# lazy: the baselines import pico themselves (an eager import here would be a cycle), and
-# the trainer and evaluator read Hydra configs
+# lazy: the baselines import pico themselves (an eager import here would be a cycle), the
+# trainer and evaluator read Hydra configs, the ResNets import torchvision (seconds)
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
@@ -89,6 +83,8 @@ __getattr__, __dir__ = lazy_exports(
         "Trainer": "pico.engine",
         "Evaluator": "pico.eval",
         "linear_probe": "pico.eval",
+        "cifar_resnet": "pico.models",
+        "imagenet_resnet": "pico.models",
     },
     submodules=("data",),
 )

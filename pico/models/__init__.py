@@ -1,9 +1,9 @@
 """Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data), heads, and
 :func:`feature_dim`, the feature width of any backbone.
 
-:func:`build_backbone` (a backbone from a Hydra ``model`` config) and
-:func:`timm_backbone` load on first use, so importing this package needs neither Hydra
-nor timm.
+:func:`build_backbone` (a backbone from a Hydra ``model`` config), the ResNets and
+:func:`timm_backbone` load on first use, so importing this package needs neither Hydra,
+torchvision nor timm.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pico.models.convnet import SmallConvNet
 from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
-from pico.models.resnet import cifar_resnet, imagenet_resnet
 from pico.models.transfer import backbone_state, load_backbone_
 
 if TYPE_CHECKING:
     from pico.models.factory import build_backbone, check_pretrained
+    from pico.models.resnet import cifar_resnet, imagenet_resnet
     from pico.models.timm_backbone import timm_backbone
 
 __getattr__, __dir__ = lazy_exports(
@@ -27,6 +27,8 @@ __getattr__, __dir__ = lazy_exports(
     {
         "build_backbone": "pico.models.factory",
         "check_pretrained": "pico.models.factory",
+        "cifar_resnet": "pico.models.resnet",
+        "imagenet_resnet": "pico.models.resnet",
         "timm_backbone": "pico.models.timm_backbone",
     },
 )
