@@ -20,11 +20,12 @@ from pico.pll.warmup import Warmup, candidate_ambiguity
 @pytest.mark.parametrize(
     ("steps_per_epoch", "epochs", "expected"),
     [
-        (20, 100, 500),  # digits: the 600-step floor would be 30 %, a quarter is 500
+        (20, 100, 600),  # digits: the 600-step floor is 30 % of the run
         (195, 800, 600),  # CIFAR-10 at the paper's length: 600 steps, about 3 epochs
-        (195, 30, 600),  # 5,850 steps: the floor fits in a quarter
-        (3, 200, 150),  # a 1,000-row tabular set at batch 256: a quarter of 600 steps
-        (15, 30, 112),  # the same set at batch 64 for 30 epochs
+        (195, 30, 600),  # 5,850 steps: the floor fits in 30 %
+        (20, 50, 300),  # digits for 50 epochs: 30 % of 1,000 steps
+        (3, 200, 180),  # a 1,000-row tabular set at batch 256: 30 % of 600 steps
+        (15, 30, 135),  # the same set at batch 64 for 30 epochs
     ],
 )
 def test_default_warmup_follows_the_run(steps_per_epoch, epochs, expected):
@@ -106,7 +107,7 @@ def test_warning_names_the_keys_when_warmup_takes_half_the_run(caplog):
 
 
 def test_a_tiny_run_leaves_warmup_and_disambiguates(make_config, caplog):
-    # digits for 4 epochs of 20 steps: the 600-step floor shrinks to a quarter of the run
+    # digits for 4 epochs of 20 steps: the 600-step floor shrinks to 30 % of the run
     cfg = make_config("method.queue_size=256", "trainer.epochs=4", "trainer.embedding_figure=false")
     with caplog.at_level(logging.WARNING, logger="pico.pll.warmup"):
         run_training(cfg)

@@ -67,7 +67,7 @@ class CAVL(ClassifierMethod):
         task: TaskInfo,
         warmup_epochs: float = 0.0,
         warmup_min_steps: int = 600,
-        warmup_share: float = 0.25,
+        warmup_share: float = 0.3,
         warmup_full_ambiguity: float = 0.0,
     ) -> None:
         super().__init__(backbone, task)

@@ -104,7 +104,7 @@ class PiCO(ClassifierMethod):
         phi_end: float = 0.8,
         warmup_epochs: float = 1.0,
         warmup_min_steps: int = 600,
-        warmup_share: float = 0.25,
+        warmup_share: float = 0.3,
         warmup_full_ambiguity: float = 0.3,
         warmup_batch_negatives: bool = False,
     ) -> None:

@@ -29,7 +29,7 @@ class Warmup:
 
     epochs: float = 1.0
     min_steps: int = 600
-    share: float = 0.25
+    share: float = 0.3
     full_ambiguity: float = 0.3
     #: the training candidates' :func:`candidate_ambiguity` (1: the full floor)
     ambiguity: float = 1.0
