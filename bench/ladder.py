@@ -6,13 +6,14 @@ Rungs (``--rungs``, all by default):
     italian        italian.mat (21,878 rows, 90 classes), 3 seeds, plus the plain PRODEN MLP
     fg-net         FG-NET.mat (1,002 rows, 78 classes), 3 seeds, plus the plain PRODEN MLP
     fashion_mnist  Fashion-MNIST, q 0.3 and 0.5, 1 seed, 20 epochs at batch 256 on a
-                   stratified 6,000-image training subset (the full test set)
+                   stratified 3,000-image training subset, evaluated every 5 epochs
     cifar10        CIFAR-10 JPEG folder, q 0.3, 1 seed, the narrow ResNet-18, 20 epochs at
-                   batch 256 on a stratified 5,000-image training subset (the full test set),
-                   evaluated every 5 epochs
+                   batch 256 on a stratified 2,000-image training subset, evaluated every
+                   10 epochs
 
-The image rungs' budgets are CPU budgets (``data.train_size``): about 400 steps a run, so
-the grid fits a 2-core machine; they rank methods on small image sets, not at the papers'
+The image rungs' budgets are CPU budgets (``data.train_size``; the test sets stay whole):
+140-220 steps a run, so that the grid fits next to the tabular rungs on a 2-core machine.
+They rank methods on small image sets (200-300 images per class), not at the papers'
 scale.
 
 Each rung is one ``pico-compare`` grid (label-free epoch selection on the partial-label
@@ -52,15 +53,18 @@ def rung_arguments(rung: str, args: argparse.Namespace) -> list[str]:
     if rung in MAT_FILES:
         return ["--data", str(args.mat_dir / MAT_FILES[rung]), "--seeds", "0", "1", "2"]
     if rung == "fashion_mnist":
-        budget = "fashion_mnist: data.train_size=6000 trainer.epochs=20 trainer.batch_size=256"
+        budget = (
+            "fashion_mnist: data.train_size=3000 trainer.epochs=20 trainer.batch_size=256 "
+            "trainer.eval_every=5"
+        )
         return ["--data", "fashion_mnist", "--q", "0.3", "0.5", "--seeds", "0",
                 "--data-overrides", budget]  # fmt: skip
     if args.cifar_root is None:
         raise SystemExit("ladder.py: error: the cifar10 rung needs --cifar-root DIR "
                          "(tar -xzf cifar10-jpeg.tar.gz -C DIR)")  # fmt: skip
     budget = (
-        f"cifar10_folder: data.root={args.cifar_root} model=resnet18_narrow data.train_size=5000 "
-        "trainer.epochs=20 trainer.batch_size=256 trainer.optimizer.lr=0.2 trainer.eval_every=5"
+        f"cifar10_folder: data.root={args.cifar_root} model=resnet18_narrow data.train_size=2000 "
+        "trainer.epochs=20 trainer.batch_size=256 trainer.optimizer.lr=0.2 trainer.eval_every=10"
     )
     return ["--data", "cifar10_folder", "--q", "0.3", "--seeds", "0",
             "--data-overrides", budget]  # fmt: skip
