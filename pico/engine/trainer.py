@@ -41,7 +41,7 @@ from pico.engine.distributed_run import (
     wrap_training_step,
 )
 from pico.engine.loader import TensorLoader
-from pico.engine.logger import RunLogger
+from pico.engine.loggers import RunLoggers, resolve_logger_names
 from pico.engine.method import Batch, Method, StepInfo
 from pico.engine.optim import build_optimizer, warmup_cosine
 from pico.engine.stop import RunStopped, StopRequest
@@ -64,7 +64,7 @@ class _Run:
     loader: TensorLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    logger: RunLogger
+    logger: RunLoggers
     generator: torch.Generator
     state: dict[str, Any]
     epochs: int
@@ -197,8 +197,10 @@ class Trainer:
 
     Handles device placement, bf16 autocast and channels_last (CUDA only), optional
     ``torch.compile``, the optimizer and warm-up cosine schedule, evaluation, best-model
-    selection on a configured metric, atomic checkpoints, resume, TensorBoard and a
-    progress bar. ``cfg`` is the ``trainer`` config node.
+    selection on a configured metric, atomic checkpoints, resume, the metric loggers of
+    ``cfg.loggers`` (every scalar against the global optimizer step, epoch means once per
+    epoch at its last step: see :mod:`pico.engine.loggers`) and a progress bar. ``cfg``
+    is the ``trainer`` config node.
 
     Under a process group (``torchrun``) every rank runs ``fit``: ``cfg.batch_size`` is
     the global batch, split over the ranks; the training step is DDP-wrapped (gradients
@@ -214,6 +216,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = is_main_process()
+        # refused here, before any data is loaded or anything written
+        self.logger_names = resolve_logger_names(cfg.get("loggers"))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
@@ -362,7 +366,12 @@ class Trainer:
             loader=loader,
             optimizer=optimizer,
             scheduler=scheduler,
-            logger=RunLogger(self.run_dir, enabled=self.main),
+            logger=RunLoggers(
+                self.run_dir,
+                self.logger_names,
+                enabled=self.main,
+                resume_step=state["step"] if path is not None else None,
+            ),
             generator=torch.Generator(device=self.device),
             state=state,
             epochs=epochs,
@@ -440,9 +449,16 @@ class Trainer:
                 images = len(index) * world * (i + 1 - start)
                 rate = images / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
-                run.logger.scalars({f"train/{k}": v for k, v in means.items()}, state["step"])
                 lr = run.scheduler.get_last_lr()[0]
-                run.logger.scalars({"train/lr": lr, "train/images_per_s": rate}, state["step"])
+                run.logger.scalars(
+                    {
+                        **{f"train/{k}": v for k, v in means.items()},
+                        "train/lr": lr,
+                        "train/images_per_s": rate,
+                    },
+                    state["step"],
+                    epoch + 1,
+                )
             if save_now:
                 average_bn_statistics_(method)
                 state["batch"] = i + 1
@@ -478,13 +494,14 @@ class Trainer:
         if done % cfg.eval_every == 0 or last_epoch:
             record.update(run.evaluator(run.method, final=last_epoch))
         state["history"].append(record)
-        run.logger.scalars({k: v for k, v in record.items() if k != "epoch"}, done)
+        run.logger.scalars(self._epoch_scalars(record, sums), state["step"], done)
+        run.logger.flush()
         if self.main and (done % cfg.figure_every == 0 or last_epoch):
-            self._figures(run, done)
+            self._figures(run, state["step"])
         if self.main and last_epoch and cfg.embedding_figure:
             figure = run.evaluator.embedding(run.method)
             save_embedding_png(figure, self.run_dir / "embedding.png")
-            run.logger.figure("test/embedding", figure, done)
+            run.logger.figure("test/embedding", figure, state["step"])
         # ties go to the later epoch: same validation score, more training
         metric, sign = run.select_metric, run.select_sign
         evaluated = len(record) > 1 + len(sums)
@@ -576,12 +593,25 @@ class Trainer:
             )
 
     @staticmethod
-    def _figures(run: _Run, epoch: int) -> None:
+    def _epoch_scalars(record: dict[str, Any], sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The epoch record as logged at the epoch's last global step: the epoch's mean
+        loss terms as ``epoch/train/<term>`` (``train/<term>`` is the per-step running
+        mean, see :mod:`pico.engine.loggers`), ``epoch/epoch``, and the evaluation as is."""
+        terms = {f"train/{k}" for k in sums}
+        out: dict[str, float] = {"epoch/epoch": float(record["epoch"])}
+        for key, value in record.items():
+            if key != "epoch":
+                out[f"epoch/{key}" if key in terms else key] = value
+        return out
+
+    @staticmethod
+    def _figures(run: _Run, step: int) -> None:
+        """Confusion matrix and disambiguation curve, at global ``step``."""
         matrix = run.evaluator.test_confusion(run.method)
         if matrix is not None:
             figure = confusion_figure(matrix, run.bundle.class_names)
-            run.logger.figure("test/confusion", figure, epoch)
+            run.logger.figure("test/confusion", figure, step)
         history = run.state["history"]
         disamb = [r["train/disamb_acc"] for r in history if "train/disamb_acc" in r]
         if disamb:
-            run.logger.figure("train/disambiguation", curve_figure(disamb, "disambiguation"), epoch)
+            run.logger.figure("train/disambiguation", curve_figure(disamb, "disambiguation"), step)
