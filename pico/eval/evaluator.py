@@ -31,6 +31,8 @@ from pico.eval.metrics import (
 )
 
 PARTS = ("classifier", "knn", "linear")
+#: the top-k accuracy reported besides top-1, only for more than ``TOP_K`` classes
+TOP_K = 5
 
 
 @contextlib.contextmanager
@@ -47,11 +49,12 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class Evaluator:
     """Computes every metric that applies to a method.
 
-    Classifier top-1/top-5 where true labels are known; covering rate and approximated
-    accuracy where a split carries candidate sets (label-free, usable for model
-    selection); nearest-prototype accuracy; weighted kNN on backbone features; the share
-    of training rows whose disambiguated label is the true one; a linear probe on frozen
-    features and a t-SNE figure. Keys look like ``"test/top1"`` or ``"val/approx_acc"``.
+    Classifier top-1, and top-5 for more than five classes, where true labels are known;
+    covering rate and approximated accuracy where a split carries candidate sets
+    (label-free, usable for model selection); nearest-prototype accuracy; weighted kNN on
+    backbone features; the share of training rows whose disambiguated label is the true
+    one; a linear probe on frozen features and a t-SNE figure. Keys look like
+    ``"test/top1"`` or ``"val/approx_acc"``.
 
     Under a process group :meth:`__call__` and :meth:`evaluate` must run on every rank:
     each rank computes the outputs of a contiguous shard of every split (and the kNN
@@ -163,7 +166,8 @@ class Evaluator:
         if logits is not None:
             if labelled:
                 out[f"{name}/top1"] = topk_accuracy(logits, targets, 1)
-                out[f"{name}/top5"] = topk_accuracy(logits, targets, 5)
+                if logits.shape[1] > TOP_K:  # with TOP_K or fewer classes it is always 1
+                    out[f"{name}/top{TOP_K}"] = topk_accuracy(logits, targets, TOP_K)
             if split.candidates is not None:
                 candidates = split.candidates.to(self.device)
                 out[f"{name}/covering_rate"] = covering_rate(logits.argmax(1), candidates)
