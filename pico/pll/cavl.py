@@ -14,7 +14,7 @@ from pico.pll.candidates_buffer import (
     weighted_cross_entropy,
 )
 from pico.pll.supervised import ClassifierMethod
-from pico.pll.warmup import Warmup, candidate_ambiguity
+from pico.pll.warmup import Warmup
 
 
 def class_activation_values(logits: Tensor) -> Tensor:
@@ -72,12 +72,8 @@ class CAVL(ClassifierMethod):
     ) -> None:
         super().__init__(backbone, task)
         candidates = require_candidates(task, "cavl")
-        self.warmup = Warmup(
-            warmup_epochs,
-            warmup_min_steps,
-            warmup_share,
-            warmup_full_ambiguity,
-            candidate_ambiguity(candidates),
+        self.warmup = Warmup.for_candidates(
+            candidates, warmup_epochs, warmup_min_steps, warmup_share, warmup_full_ambiguity
         )
         self.register_buffer("candidates", candidates)
         self.register_buffer("targets", uniform_confidence(candidates))

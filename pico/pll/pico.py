@@ -22,7 +22,7 @@ from pico.pll.candidates_buffer import (
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
 from pico.pll.prototypes import update_prototypes
 from pico.pll.supervised import ClassifierMethod
-from pico.pll.warmup import Warmup, candidate_ambiguity
+from pico.pll.warmup import Warmup
 
 
 @dataclass
@@ -126,12 +126,8 @@ class PiCO(ClassifierMethod):
         self.contrastive_weight = contrastive_weight
         self.proto_momentum = proto_momentum
         self.phi_range = (phi_start, phi_end)
-        self.warmup = Warmup(
-            warmup_epochs,
-            warmup_min_steps,
-            warmup_share,
-            warmup_full_ambiguity,
-            candidate_ambiguity(candidates),
+        self.warmup = Warmup.for_candidates(
+            candidates, warmup_epochs, warmup_min_steps, warmup_share, warmup_full_ambiguity
         )
         self.warmup_batch_negatives = warmup_batch_negatives
 

@@ -54,6 +54,14 @@ class Warmup:
                 "of the run the step floor may take)"
             )
 
+    @classmethod
+    def for_candidates(
+        cls, candidates: Tensor, epochs: float, min_steps: int, share: float, full_ambiguity: float
+    ) -> Warmup:
+        """The warm-up of a method training on ``candidates`` (their
+        :func:`candidate_ambiguity` scales the step floor)."""
+        return cls(epochs, min_steps, share, full_ambiguity, candidate_ambiguity(candidates))
+
     def steps(self, steps_per_epoch: int, total_steps: int) -> int:
         """Optimizer steps of warm-up in a run of ``total_steps`` steps."""
         scale = min(1.0, self.ambiguity / self.full_ambiguity) if self.full_ambiguity else 1.0
