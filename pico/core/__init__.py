@@ -24,7 +24,17 @@ from pico.core.ema import (
     momentum_copy,
     momentum_tensors,
 )
-from pico.core.losses import info_nce, nt_xent, sup_con, sup_con_from_labels
+from pico.core.losses import (
+    info_nce,
+    invaspread_loss,
+    jsd_mi_loss,
+    margin_contrastive_loss,
+    nt_xent,
+    sup_con,
+    sup_con_from_labels,
+    triplet_loss,
+    triplet_loss_from_labels,
+)
 from pico.core.nce import bank_logits, estimate_log_z, nce_loss
 from pico.core.queue import FeatureQueue, queue_size_for
 
@@ -43,8 +53,11 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "info_nce",
+    "invaspread_loss",
     "is_distributed",
     "is_main_process",
+    "jsd_mi_loss",
+    "margin_contrastive_loss",
     "momentum_copy",
     "momentum_tensors",
     "nce_loss",
@@ -52,4 +65,6 @@ __all__ = [
     "queue_size_for",
     "sup_con",
     "sup_con_from_labels",
+    "triplet_loss",
+    "triplet_loss_from_labels",
 ]

@@ -1,12 +1,15 @@
-"""Contrastive losses: MoCo InfoNCE, SimCLR NT-Xent and masked supervised contrast.
+"""Contrastive losses: MoCo InfoNCE, SimCLR NT-Xent, masked supervised contrast,
+InvaSpread, triplet and margin contrastive losses, and the Deep InfoMax JSD estimator.
 
-All functions are pure and expect L2-normalised embeddings (rows of unit norm), so
-dot products are cosine similarities divided by the temperature. Logits are computed
+All functions are pure. The softmax losses expect L2-normalised embeddings (rows of
+unit norm), so dot products are cosine similarities divided by the temperature; the
+triplet and margin losses work on Euclidean distances of any embeddings. Logits are computed
 in at least float32, normalised with ``logsumexp`` / ``cross_entropy``, and masked
 entries are replaced by the dtype's most negative finite value (never ``-inf``), so
 fully masked rows cannot produce NaN in the value or the gradient. Masked queue or
 contrast rows are zeroed before any product, so garbage in them (even inf or NaN)
-cannot leak in. Every loss returns a scalar mean and never synchronises the host.
+cannot leak in. Every loss returns a scalar mean and never synchronises the host,
+except :func:`jsd_mi_loss`, which checks that positives and negatives exist.
 """
 
 from __future__ import annotations
@@ -212,3 +215,245 @@ def sup_con_from_labels(
         exclude_mask=exclude_mask,
         contrast_valid=contrast_valid,
     )
+
+
+# --- Metric-learning losses, the JSD mutual-information estimator, InvaSpread -----------
+# Triplet loss with mining (Schroff et al. 2015, Hermans et al. 2017), the margin
+# contrastive loss of Hadsell et al. (2006) and the Jensen-Shannon estimator of Deep
+# InfoMax (Hjelm et al. 2019) take the masks of :func:`sup_con`: entry j is allowed for
+# anchor i when ``contrast_valid[j]`` and not ``exclude_mask[i, j]``; the positives of i
+# are ``positive_mask[i] & allowed`` (bool only), its negatives the other allowed entries.
+# Triplet and margin losses work on Euclidean distances and need no normalisation.
+
+
+def _pair_masks(
+    anchors: Tensor,
+    contrast: Tensor,
+    positive_mask: Tensor,
+    exclude_mask: Tensor | None,
+    contrast_valid: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``(positive, negative)`` bool masks ``(A, M)`` of the allowed entries, after checks."""
+    _check_2d("anchors", anchors)
+    _check_2d("contrast", contrast, anchors.shape[1])
+    shape = (anchors.shape[0], contrast.shape[0])
+    for name, mask in (("positive_mask", positive_mask), ("exclude_mask", exclude_mask)):
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != shape):
+            raise ValueError(
+                f"{name} must be a bool tensor of shape {shape}, got {mask.dtype} "
+                f"{tuple(mask.shape)}"
+            )
+    _check_valid("contrast_valid", contrast_valid, contrast.shape[0])
+    allowed = torch.ones(shape, dtype=torch.bool, device=anchors.device)
+    if contrast_valid is not None:
+        allowed = allowed & contrast_valid[None, :]
+    if exclude_mask is not None:
+        allowed = allowed & ~exclude_mask
+    return positive_mask & allowed, ~positive_mask & allowed
+
+
+def _label_masks(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    contrast: Tensor,
+    contrast_labels: Tensor,
+    anchors_in_contrast: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """``(positive_mask, exclude_mask)`` from labels; with ``anchors_in_contrast`` anchor i
+    is row i of ``contrast`` and its own entry is excluded."""
+    a, m = anchors.shape[0], contrast.shape[0]
+    if anchor_labels.shape != (a,) or contrast_labels.shape != (m,):
+        raise ValueError(
+            f"anchor_labels must have shape ({a},) and contrast_labels ({m},), got "
+            f"{tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
+        )
+    if not anchors_in_contrast:
+        return anchor_labels[:, None] == contrast_labels[None, :], None
+    if a > m:
+        raise ValueError(
+            f"anchors_in_contrast needs the {a} anchors as the first rows of contrast, "
+            f"which has only {m} rows; pass anchors_in_contrast=False otherwise"
+        )
+    exclude = torch.eye(a, m, dtype=torch.bool, device=anchors.device)
+    return anchor_labels[:, None] == contrast_labels[None, :], exclude
+
+
+def _squared_distances(a: Tensor, c: Tensor) -> Tensor:
+    """``|a_i - c_j|^2`` ``(A, M)`` in at least float32, clamped at zero."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a, c = a.float(), c.float()
+    c = c.to(a.dtype)
+    with torch.autocast(a.device.type, enabled=False):
+        sq = (a * a).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (a @ c.T)
+    return sq.clamp_min(0)
+
+
+def _sqrt0(sq: Tensor) -> Tensor:
+    """``sqrt`` whose gradient at zero is zero (not NaN): coinciding points are safe."""
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
+
+
+def triplet_loss(
+    anchors: Tensor,
+    contrast: Tensor,
+    positive_mask: Tensor,
+    margin: float = 0.2,
+    mining: str = "batch_hard",
+    squared: bool = False,
+    exclude_mask: Tensor | None = None,
+    contrast_valid: Tensor | None = None,
+) -> Tensor:
+    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)`` with in-batch mining.
+
+    ``d`` is the Euclidean distance (``squared``: its square) between ``anchors`` ``(A, D)``
+    and ``contrast`` ``(M, D)``; positives and negatives follow the masks (see above).
+
+    * ``mining="batch_hard"`` (Hermans et al. 2017): one triplet per anchor, its farthest
+      positive and its nearest negative; the mean is over anchors with both.
+    * ``mining="semi_hard"`` (Schroff et al. 2015): one triplet per (anchor, positive)
+      pair, with the nearest negative farther than the positive; when no negative is
+      farther, the farthest negative. The mean is over pairs whose anchor has a negative.
+
+    With no triplet at all the result is a zero that still has a gradient path.
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if mining not in ("batch_hard", "semi_hard"):
+        raise ValueError(f"mining must be 'batch_hard' or 'semi_hard', got {mining!r}")
+    positive, negative = _pair_masks(anchors, contrast, positive_mask, exclude_mask, contrast_valid)
+    sq = _squared_distances(anchors, _zero_invalid_rows(contrast, contrast_valid))
+    dist = sq if squared else _sqrt0(sq)
+    far = torch.finfo(dist.dtype).max
+    has_negative = negative.any(dim=1)
+    if mining == "batch_hard":
+        hardest_positive = dist.masked_fill(~positive, 0.0).amax(dim=1)
+        nearest_negative = dist.masked_fill(~negative, far).amin(dim=1)
+        keep = positive.any(dim=1) & has_negative
+        per = F.relu(hardest_positive - nearest_negative + margin)
+    else:
+        # Negative distances sorted per anchor (padding ``far`` last): the first one above
+        # d(a, p) is the semi-hard negative, the last real one the fallback.
+        sorted_negative = dist.masked_fill(~negative, far).sort(dim=1).values
+        count = negative.sum(dim=1, keepdim=True)
+        first_above = torch.searchsorted(sorted_negative.detach(), dist.detach(), right=True)
+        index = torch.where(first_above < count, first_above, (count - 1).clamp_min(0))
+        chosen = sorted_negative.gather(1, index)
+        keep = positive & has_negative[:, None]
+        per = F.relu(dist - chosen + margin)
+    per = torch.where(keep, per, 0.0)
+    return per.sum() / keep.sum().clamp_min(1)
+
+
+def triplet_loss_from_labels(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    contrast: Tensor,
+    contrast_labels: Tensor,
+    margin: float = 0.2,
+    mining: str = "batch_hard",
+    squared: bool = False,
+    contrast_valid: Tensor | None = None,
+    anchors_in_contrast: bool = True,
+) -> Tensor:
+    """:func:`triplet_loss` with positives = contrast entries sharing the anchor's label.
+
+    With ``anchors_in_contrast`` anchor i is row i of ``contrast`` (e.g. one batch as both,
+    ``triplet_loss_from_labels(z, y, z, y)``) and is not its own positive.
+    """
+    positive_mask, exclude_mask = _label_masks(
+        anchors, anchor_labels, contrast, contrast_labels, anchors_in_contrast
+    )
+    return triplet_loss(
+        anchors,
+        contrast,
+        positive_mask,
+        margin=margin,
+        mining=mining,
+        squared=squared,
+        exclude_mask=exclude_mask,
+        contrast_valid=contrast_valid,
+    )
+
+
+def margin_contrastive_loss(
+    anchors: Tensor,
+    contrast: Tensor,
+    positive_mask: Tensor,
+    margin: float = 1.0,
+    exclude_mask: Tensor | None = None,
+    contrast_valid: Tensor | None = None,
+) -> Tensor:
+    """The contrastive loss of Hadsell et al. (2006), averaged over the allowed pairs.
+
+    For the pair (i, j) at Euclidean distance d with label Y = 0 (similar: a positive)
+    or Y = 1 (dissimilar: a negative), the loss is ``(1 - Y) d^2 / 2 + Y max(0, m - d)^2 / 2``
+    with ``m = margin``. With no allowed pair the result is a zero with a gradient path.
+    """
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    positive, negative = _pair_masks(anchors, contrast, positive_mask, exclude_mask, contrast_valid)
+    sq = _squared_distances(anchors, _zero_invalid_rows(contrast, contrast_valid))
+    similar = 0.5 * sq
+    dissimilar = 0.5 * F.relu(margin - _sqrt0(sq)).square()
+    per = torch.where(positive, similar, torch.where(negative, dissimilar, 0.0))
+    return per.sum() / (positive | negative).sum().clamp_min(1)
+
+
+def jsd_mi_loss(
+    anchors: Tensor,
+    contrast: Tensor,
+    positive_mask: Tensor,
+    exclude_mask: Tensor | None = None,
+    contrast_valid: Tensor | None = None,
+) -> Tensor:
+    """Negative Jensen-Shannon mutual-information estimate (Deep InfoMax, f-GAN form).
+
+    The critic is the dot product ``T(i, j) = anchors[i] . contrast[j]``; with ``sp`` the
+    softplus the estimate is ``E_P[-sp(-T)] - E_N[sp(T)]``, the means over all positive
+    and over all negative entries, and the loss is its negative
+    ``E_P[sp(-T)] + E_N[sp(T)]``. Needs at least one positive and one negative entry
+    (checked on the host, one synchronisation).
+    """
+    positive, negative = _pair_masks(anchors, contrast, positive_mask, exclude_mask, contrast_valid)
+    if not bool(positive.any()):
+        raise ValueError("jsd_mi_loss needs at least one allowed positive entry, got none")
+    if not bool(negative.any()):
+        raise ValueError("jsd_mi_loss needs at least one allowed negative entry, got none")
+    scores = _logits(anchors, _zero_invalid_rows(contrast, contrast_valid), 1.0)
+    e_pos = torch.where(positive, F.softplus(-scores), 0.0).sum() / positive.sum()
+    e_neg = torch.where(negative, F.softplus(scores), 0.0).sum() / negative.sum()
+    return e_pos + e_neg
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2``."""
+    x = x.clamp_max(-torch.finfo(x.dtype).tiny)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-x.exp()))
+
+
+def invaspread_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    """InvaSpread's loss (Ye et al. 2019) over the 2N views ``[z1; z2]``.
+
+    For view a, ``P(b | a)`` is the non-parametric softmax of ``z_a . z_b / temperature``
+    over the 2N - 1 other views. With a' the other view of a's image, view a contributes
+    ``-log P(a' | a) - sum_{b not in {a, a'}} log(1 - P(b | a))``: recognised as its own
+    instance, and as none of the other 2N - 2 views (both views of every other image are
+    negatives). The mean is over the 2N views.
+    """
+    _check_temperature(temperature)
+    _check_2d("z1", z1)
+    _check_2d("z2", z2, z1.shape[1])
+    if z1.shape[0] != z2.shape[0]:
+        raise ValueError(f"z1 and z2 must have the same rows, got {z1.shape[0]} and {z2.shape[0]}")
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)
+    not_self = ~torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    log_p = torch.log_softmax(_masked(_logits(z, z, temperature), not_self), dim=1)
+    idx = torch.arange(n, device=z.device)
+    partner = torch.cat([idx + n, idx])
+    negative = not_self.clone()
+    negative[torch.arange(2 * n, device=z.device), partner] = False
+    positive_term = -log_p.gather(1, partner[:, None]).squeeze(1)
+    negative_term = -torch.where(negative, _log1mexp(log_p), 0.0).sum(dim=1)
+    return (positive_term + negative_term).mean()
