@@ -197,6 +197,12 @@ class Method(nn.Module):
         """Current disambiguated label of every training row, or ``None``."""
         return None
 
-    def optim_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimizer updates (default: every trainable parameter)."""
+    def optim_parameters(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """Parameters the optimizer updates (default: every trainable parameter).
+
+        A method may return parameter groups instead, as torch optimizers take them
+        (dicts with ``"params"``); a group with ``"fixed_lr": True``
+        (:data:`pico.engine.optim.FIXED_LR`) keeps the base learning rate while the
+        trainer's schedule warms up and decays the others (SimSiam's predictor).
+        """
         return [p for p in self.parameters() if p.requires_grad]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -11,8 +12,17 @@ from omegaconf import DictConfig
 from torch import nn
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: DictConfig) -> torch.optim.Optimizer:
-    """Instantiate ``cfg`` (a partial optimizer config with ``_target_``) on ``params``."""
+#: key of a parameter group (see :meth:`pico.engine.method.Method.optim_parameters`) whose
+#: learning rate :func:`warmup_cosine` leaves at its base value: no warm-up, no decay
+FIXED_LR = "fixed_lr"
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: DictConfig
+) -> torch.optim.Optimizer:
+    """Instantiate ``cfg`` (a partial optimizer config with ``_target_``) on ``params``:
+    parameters, or parameter groups (dicts with ``"params"``, as torch optimizers take
+    them; extra keys such as :data:`FIXED_LR` stay in ``optimizer.param_groups``)."""
     factory = instantiate(cfg, _partial_=True)
     return factory(list(params))
 
@@ -22,7 +32,8 @@ def warmup_cosine(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``final_ratio``.
 
-    Stepped once per optimizer step.
+    Stepped once per optimizer step. A parameter group marked ``{FIXED_LR: True}`` keeps
+    its base learning rate throughout (SimSiam's predictor).
     """
 
     def factor(step: int) -> float:
@@ -32,4 +43,8 @@ def warmup_cosine(
         progress = min((step - warmup_steps) / span, 1.0)
         return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def fixed(step: int) -> float:
+        return 1.0
+
+    factors = [fixed if g.get(FIXED_LR, False) else factor for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
