@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from baselines.byol import BYOL, byol_loss
 from baselines.instdisc import InstDisc
+from baselines.invaspread import InvaSpread
 from baselines.moco import MoCo
 from baselines.simclr import SimCLR
 
-__all__ = ["BYOL", "InstDisc", "MoCo", "SimCLR", "byol_loss"]
+__all__ = ["BYOL", "InstDisc", "InvaSpread", "MoCo", "SimCLR", "byol_loss"]

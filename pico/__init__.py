@@ -60,7 +60,7 @@ from pico.pll import (
 )
 
 if TYPE_CHECKING:
-    from baselines import BYOL, InstDisc, MoCo, SimCLR, byol_loss
+    from baselines import BYOL, InstDisc, InvaSpread, MoCo, SimCLR, byol_loss
     from pico.engine import Trainer
     from pico.eval import Evaluator, linear_probe
     from pico.models import cifar_resnet, imagenet_resnet
@@ -82,6 +82,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "BYOL": "baselines",
         "InstDisc": "baselines",
+        "InvaSpread": "baselines",
         "MoCo": "baselines",
         "SimCLR": "baselines",
         "byol_loss": "baselines",
@@ -106,6 +107,7 @@ __all__ = [
     "Evaluator",
     "FeatureQueue",
     "InstDisc",
+    "InvaSpread",
     "MLPEncoder",
     "Method",
     "MoCo",

@@ -59,6 +59,7 @@ RUNS = {
     "simclr": ["method=simclr", "method.proj_hidden=32"],
     "byol": ["method=byol", "method.proj_hidden=32", "method.pred_hidden=32"],
     "instdisc": ["method=instdisc", "eval.linear_probe=true"],
+    "invaspread": ["method=invaspread"],
 }  # fmt: skip
 KEEP_BN = {"moco"}
 #: runs compared with one process; PiCO+ draws its mixup pairs and weighs its reliable
