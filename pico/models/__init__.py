@@ -1,7 +1,7 @@
-"""Backbones (CIFAR-stem ResNets, a small ConvNet, an MLP for tabular data), heads, and
-:func:`feature_dim`, the feature width of any backbone.
+"""Backbones (CIFAR-stem ResNets, a small ConvNet, small-image ViTs, an MLP for tabular
+data), heads, and :func:`feature_dim`, the feature width of any backbone.
 
-:func:`build_backbone` (a backbone from a Hydra ``model`` config), the ResNets and
+:func:`build_backbone` (a backbone from a Hydra ``model`` config), the ResNets, the ViT and
 :func:`timm_backbone` load on first use, so importing this package needs neither Hydra,
 torchvision nor timm.
 """
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pico.models.factory import build_backbone, check_pretrained
     from pico.models.resnet import cifar_resnet, imagenet_resnet
     from pico.models.timm_backbone import timm_backbone
+    from pico.models.vit import VisionTransformer
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -30,12 +31,14 @@ __getattr__, __dir__ = lazy_exports(
         "cifar_resnet": "pico.models.resnet",
         "imagenet_resnet": "pico.models.resnet",
         "timm_backbone": "pico.models.timm_backbone",
+        "VisionTransformer": "pico.models.vit",
     },
 )
 
 __all__ = [
     "MLPEncoder",
     "SmallConvNet",
+    "VisionTransformer",
     "backbone_state",
     "build_backbone",
     "check_pretrained",

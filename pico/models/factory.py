@@ -33,6 +33,14 @@ def _accepted_kind(target: Any) -> str | None:
     return None
 
 
+def _takes(target: Any, name: str) -> bool:
+    """Whether ``target``'s signature has an argument ``name``."""
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def check_pretrained(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Refuse a model config with ``pretrained: true`` that names no starting weights.
 
@@ -71,7 +79,8 @@ def build_backbone(
     Image data (``kind="image"``, shape (C, H, W)) passes ``in_channels=C``; tabular data
     (``kind="tabular"``, shape (D,)) passes ``in_dim=D``; these override any value in the
     config. The backbone kind is read from the target's signature (``in_channels`` means
-    image, ``in_dim`` tabular), so a mismatch fails before anything is built. The result
+    image, ``in_dim`` tabular), so a mismatch fails before anything is built; an image
+    backbone that takes ``image_size`` (the ViT) also receives ``(H, W)``. The result
     must expose an integer ``out_dim`` (feature size). An ``init_from`` key (a checkpoint
     of any method, or a plain state dict) loads pretrained backbone weights; a
     ``pretrained`` key is checked by :func:`check_pretrained` and not passed on.
@@ -108,7 +117,10 @@ def build_backbone(
             f"backbone {target_name} is built for {accepted} data but the data is {kind} "
             f"(input shape {tuple(input_shape)}); {_FIX[kind]}"
         )
-    model = instantiate(cfg, **{_SIZE_ARG[kind]: int(input_shape[0])}, _convert_="all")
+    sizes = {_SIZE_ARG[kind]: int(input_shape[0])}
+    if kind == "image" and _takes(target, "image_size"):  # a ViT: its position embeddings
+        sizes["image_size"] = [int(s) for s in input_shape[1:]]
+    model = instantiate(cfg, **sizes, _convert_="all")
     if not isinstance(getattr(model, "out_dim", None), int):
         raise ValueError(
             f"backbone {target_name} has no integer attribute 'out_dim'; set it to the size "
