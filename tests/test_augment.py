@@ -580,12 +580,15 @@ SHAPES = {
 }
 #: recipes whose views change the image size, and the shape they make
 RESIZED = {"imagenet": (3, 224, 224)}
+#: multi-crop local recipes (SwAV, DINO) and the smaller shape they make
+LOCAL = {"digits": (1, 4, 4), "cifar": (3, 16, 16), "imagenet": (3, 96, 96)}
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_every_recipe_builds_and_runs(name):
     cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
-    assert set(cfg) == {"weak", "strong", "contrastive", "test"}
+    local = {"local"} if name in LOCAL else set()
+    assert set(cfg) == {"weak", "strong", "contrastive", "test", *local}
     assert (len(cfg.test) == 0) == (name not in RESIZED)  # test views only normalise, or resize
     shape = SHAPES[name]
     if name == "tabular":
@@ -593,10 +596,11 @@ def test_every_recipe_builds_and_runs(name):
     else:
         x = _uint8_images(8, *shape)
         stat = ((0.5,) * shape[0], (0.25,) * shape[0])
-    for recipe in ("weak", "strong", "contrastive", "test"):
+    for recipe in ("weak", "strong", "contrastive", "test", *local):
         aug = A.build_augment(cfg[recipe], *stat)
         out = aug(x, _gen(0))
-        assert out.shape == (len(x), *RESIZED.get(name, shape)) and out.dtype == torch.float32
+        want = LOCAL[name] if recipe == "local" else RESIZED.get(name, shape)
+        assert out.shape == (len(x), *want) and out.dtype == torch.float32
         assert torch.isfinite(out).all()
         assert torch.equal(out, aug(x, _gen(0)))
         if recipe != "test":

@@ -101,6 +101,7 @@ class Method(nn.Module):
                 loss = method.training_step(Batch(index, views), info)["loss"]
                 optimizer.zero_grad()
                 loss.backward()
+                method.before_optimizer_step(info)
                 optimizer.step()
                 method.after_optimizer_step(info)
                 step += 1
@@ -156,6 +157,18 @@ class Method(nn.Module):
         if self.step_graph is not None and get_world_size() == 1:
             step = getattr(type(self), self.step_graph).__get__(self)
             setattr(self, self.step_graph, torch.compile(step, mode=mode))
+
+    def before_optimizer_step(self, info: StepInfo) -> None:
+        """Called after ``backward`` and before each optimizer step, e.g. to drop the
+        gradients of a layer frozen for now (``p.grad = None``: the optimizer then skips
+        it, weight decay and momentum included)."""
+
+    def weight_decay_factor(self, info: StepInfo) -> float | None:
+        """Factor on the optimizer's configured weight decay for the step ``info.step``
+        (DINO's cosine schedule), or ``None`` to leave the weight decay alone; the trainer
+        applies it with :func:`~pico.engine.optim.scale_weight_decay_` before each
+        optimizer step."""
+        return None
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         """Called after each optimizer step (momentum encoders, memory banks); a loop of

@@ -48,3 +48,15 @@ def warmup_cosine(
 
     factors = [fixed if g.get(FIXED_LR, False) else factor for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def scale_weight_decay_(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every parameter group's weight decay to ``factor`` times its configured value.
+
+    The configured value is kept in the group as ``initial_weight_decay`` on the first
+    call (as ``LambdaLR`` keeps ``initial_lr``), so it travels with the optimizer's
+    state dict and a resumed run scales the same base.
+    """
+    for group in optimizer.param_groups:
+        base = group.setdefault("initial_weight_decay", group["weight_decay"])
+        group["weight_decay"] = base * factor

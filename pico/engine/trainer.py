@@ -43,7 +43,7 @@ from pico.engine.distributed_run import (
 from pico.engine.loader import TensorLoader
 from pico.engine.loggers import RunLoggers, resolve_logger_names
 from pico.engine.method import Batch, Method, StepInfo
-from pico.engine.optim import build_optimizer, warmup_cosine
+from pico.engine.optim import build_optimizer, scale_weight_decay_, warmup_cosine
 from pico.engine.stop import RunStopped, StopRequest
 from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
@@ -428,6 +428,10 @@ class Trainer:
                 state["skipped"] += 1
                 log.warning("step %d skipped: non-finite loss or gradient", state["step"])
             else:
+                method.before_optimizer_step(info)
+                factor = method.weight_decay_factor(info)
+                if factor is not None:
+                    scale_weight_decay_(run.optimizer, factor)
                 run.optimizer.step()
                 method.after_optimizer_step(info)
                 for name, value in terms.items():
