@@ -17,8 +17,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "pico.lock"
-#: what a run writes into its directory (besides Hydra's own .hydra/ and cli.log)
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.json", "eval.json", "embedding.png")
+#: what a run writes into its directory (besides config.yaml, rewritten by every run, and
+#: Hydra's own .hydra/ and cli.log): its checkpoints, the loggers' outputs
+#: (pico.engine.loggers), metrics.json and the t-SNE figure, and pico-eval's results
+RUN_OUTPUTS = (
+    "checkpoints",
+    "tensorboard",
+    "metrics.csv",
+    "wandb",
+    "mlruns",
+    "metrics.json",
+    "embedding.png",
+    "eval.json",
+)
 
 
 class RunDirError(ValueError):
