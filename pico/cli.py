@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pico.core.distributed import broadcast_object, is_main_process
@@ -171,15 +171,69 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def apply_data_overrides(data: DictConfig, given: Mapping[str, Any], prefix: str = "data") -> None:
+    """Set ``given`` (nested, as ``data.KEY=VALUE`` overrides arrive) on a run's stored
+    ``data`` config; a key the stored config lacks is a ``ValueError``.
+
+    The stored config is resolved, and the data configs hand their keys to the loader by
+    interpolation (``source: {root: ${..root}}``): a ``data.source.KEY`` that held the
+    same value as ``data.KEY`` follows the new value, unless it is given itself.
+    """
+    for key, value in given.items():
+        name = f"{prefix}.{key}"
+        if key not in data:
+            raise ValueError(
+                f"{name} is not a key of the checkpoint's data config; its keys there: "
+                f"{', '.join(str(k) for k in data)}"
+            )
+        old = data[key]
+        if isinstance(old, DictConfig) and isinstance(value, Mapping):
+            apply_data_overrides(old, value, name)
+            continue
+        data[key] = value
+        source = data.get("source") if prefix == "data" else None
+        follows = isinstance(source, DictConfig) and key in source and key != "source"
+        if follows and key not in given.get("source", {}) and _plain(source[key]) == _plain(old):
+            source[key] = value
+
+
+def _flat(given: Mapping[str, Any], prefix: str = "data") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def _write_reported(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Write ``path`` with ``write`` and say so: ``replaced`` when a file was there."""
+    existed = path.exists()
+    write(path)
+    print(f"{'replaced' if existed else 'written'} {path}")
+    return path
+
+
 def run_evaluation(
-    checkpoint: str | Path, device: str = "auto", parts: str = "all"
+    checkpoint: str | Path,
+    device: str = "auto",
+    parts: str = "all",
+    data: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
 ) -> dict[str, float]:
     """Rebuild the run of ``checkpoint`` from its stored config and evaluate it.
 
     ``parts`` is ``all`` or one of ``classifier`` (classifier head and label-free metrics),
     ``prototype`` (the same, for prototype accuracy), ``knn`` or ``linear``. ``all`` also
-    writes the t-SNE figure ``embedding.png``. Results go to ``eval.json`` in the run
-    directory (beside ``checkpoints/``).
+    writes the t-SNE figure ``embedding.png``. ``data`` changes the stored data config
+    (:func:`apply_data_overrides`), e.g. ``{"root": DIR}`` after the data moved. Results
+    go to ``eval.json`` in ``out`` (default: the run directory, beside ``checkpoints/``);
+    a file already there is replaced, and the replacement is reported.
     """
     if parts not in EVAL_PARTS:
         raise ValueError(f"parts={parts} is unknown; choose one of {sorted(EVAL_PARTS)}")
@@ -193,29 +247,36 @@ def run_evaluation(
         )
     cfg = OmegaConf.create(state["config"])
     cfg.trainer.device = device
+    changed = _flat(data or {})
+    apply_data_overrides(cfg.data, data or {})
     exp = build_experiment(cfg)
     exp.method.load_state_dict(state["method"])
     exp.method.to(exp.device)
     metrics = exp.evaluator.evaluate(exp.method, EVAL_PARTS[parts])
-    out_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out_dir = Path(out) if out is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     if parts == "all":
         figure = exp.evaluator.embedding(exp.method)
-        print(f"written {save_embedding_png(figure, out_dir / 'embedding.png')}")
-    out = out_dir / "eval.json"
-    record = {"checkpoint": str(path), "epoch": state["epoch"], "parts": parts, **metrics}
-    out.write_text(json.dumps(record, indent=2))
+        _write_reported(out_dir / "embedding.png", lambda p: save_embedding_png(figure, p))
+    record = {"checkpoint": str(path), "epoch": state["epoch"], "parts": parts}
+    if changed:
+        record["data_overrides"] = changed
+    text = json.dumps({**record, **metrics}, indent=2)
     print(format_table({f"epoch {state['epoch']}": metrics}))
-    print(f"\nwritten {out}")
+    print()
+    _write_reported(out_dir / "eval.json", lambda p: p.write_text(text))
     return metrics
 
 
 def run_export(checkpoint: str | Path, out: str | Path) -> Path:
     """Save the backbone of ``checkpoint`` alone, as a plain state dict (no checksum key,
-    so other tools load it as it is)."""
+    so other tools load it as it is); a file already at ``out`` is replaced, and the
+    replacement is reported."""
     load_checkpoint(checkpoint)  # refuses a missing, corrupt or code-carrying file first
     state = backbone_state(checkpoint)
-    save_checkpoint(state, out, checksum=False)
-    print(f"written {out}: {len(state)} tensors of the backbone")
+    _write_reported(Path(out), lambda p: save_checkpoint(state, p, checksum=False))
+    print(f"{len(state)} tensors of the backbone")
     return Path(out)
 
 
@@ -317,11 +378,23 @@ def train_main(cfg: DictConfig) -> None:
     run_training(cfg)
 
 
+def evaluate() -> None:
+    """``pico-eval checkpoint=PATH [parts=...] [data.KEY=VALUE ...] [out=DIR]``.
+
+    ``data.KEY=VALUE`` changes the checkpoint's stored data config: the command line's
+    ``data.`` overrides are handed to Hydra as ``++data.`` (added to ``evaluate.yaml``'s
+    empty ``data``), as the keys are the checkpoint's, not the entry config's.
+    """
+    sys.argv[1:] = [f"++{arg}" if arg.startswith("data.") else arg for arg in sys.argv[1:]]
+    evaluate_main()
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
 @exit_on_user_error
-def evaluate(cfg: DictConfig) -> None:
-    """``pico-eval checkpoint=PATH [parts=all|classifier|prototype|knn|linear]``."""
-    run_evaluation(cfg.checkpoint, cfg.device, cfg.parts)
+def evaluate_main(cfg: DictConfig) -> None:
+    """The Hydra application behind ``pico-eval``."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    run_evaluation(cfg.checkpoint, cfg.device, cfg.parts, data, cfg.get("out"))
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")

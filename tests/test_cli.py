@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["trainer.epochs=1", "trainer.progress=false", "model.widths=[8,16,16]"]
 
 
@@ -48,6 +51,51 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+
+
+HELP = {
+    "pico-train": [
+        "pico-train: train a partial-label or contrastive method",
+        "Usage: pico-train [group=choice ...] [+presets=NAME] [key=value ...]",
+        "run_dir=DIR ",
+        "trainer.epochs=N ",
+        "data.candidates.q=0.3 ",
+        "== Config groups ==",
+        "+presets=NAME applies a paper recipe",
+        "pico-train -m method=pico,proden seed=0,1",
+    ],
+    "pico-eval": [
+        "pico-eval: evaluate a pico-train checkpoint",
+        "checkpoint=PATH ",
+        "parts=all ",
+        "data.KEY=VALUE ",
+        "out=DIR ",
+        "None: the method, model and data come from the checkpoint's stored config",
+        "Presets (+presets=NAME) belong to pico-train.",
+    ],
+    "pico-export": [
+        "pico-export: save the backbone of a pico-train checkpoint",
+        "checkpoint=PATH ",
+        "out=FILE ",
+        "Presets (+presets=NAME) belong to pico-train.",
+    ],
+}
+
+
+@pytest.mark.parametrize("script", sorted(HELP))
+def test_help_describes_the_command_its_keys_and_groups(script, tmp_path):
+    out = run([BIN / script, "--help"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in HELP[script]:
+        assert line in out.stdout, line
+    assert "powered by Hydra" not in out.stdout
+    groups = {line.split(":")[0]: line for line in out.stdout.splitlines() if ": " in line}
+    if script == "pico-train":  # every group with every choice, as in configs/
+        for group in ("method", "data", "model", "presets"):
+            names = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+            assert groups[group] == f"{group}: {', '.join(names)}"
+    else:  # the training groups are not this command's
+        assert not {"method", "data", "presets"} & set(groups)
 
 
 def _readme_blocks(section: str) -> dict[str, str]:
