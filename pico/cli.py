@@ -41,6 +41,7 @@ from pico.engine.validate import validate_train_config
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import build_experiment
 from pico.models.transfer import backbone_state
+from pico.sweep import register_resolver
 
 CONFIG_PATH = "pkg://pico.configs"
 USER_ERRORS = (ValueError, FileNotFoundError, MissingMandatoryValue, NonFiniteLossError)
@@ -366,6 +367,7 @@ def train() -> None:
                 "hydra/hydra_logging=none",
             ]
     require_writable_run_dir(args)
+    register_resolver()
     train_main()
 
 

@@ -326,8 +326,8 @@ def plan(
 
 
 def sweep_command(sweep: Sweep, extra: Sequence[str], sweep_dir: Path, train: str) -> list[str]:
-    """The ``pico-train -m`` command of ``sweep`` (``train`` is the script's path); job K
-    writes to ``sweep_dir/K``."""
+    """The ``pico-train -m`` command of ``sweep`` (``train`` is the script's path); each job
+    writes to a folder of ``sweep_dir`` named by its swept overrides (``pico.sweep``)."""
     return [train, "-m", *sweep.overrides(), *FIXED, *extra, f"hydra.sweep.dir={sweep_dir}"]
 
 

@@ -1,5 +1,6 @@
 """The console scripts, run as a user would (subprocesses, from another folder)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -37,20 +38,30 @@ def test_pico_train_and_eval_console_scripts(tmp_path):
     assert (tmp_path / "backbone.pt").is_file()
 
 
-def test_multirun_gives_each_job_its_own_directory(tmp_path):
-    out = run(
-        [
-            BIN / "pico-train",
-            "-m",
-            *TINY,
-            "method=proden,supervised",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        cwd=tmp_path,
-    )
+@pytest.mark.slow  # four one-epoch runs: 10-25 s
+def test_multirun_names_job_folders_by_overrides_and_writes_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [BIN / "pico-train", "-m", *TINY, "trainer.embedding_figure=false", "trainer.threads=1"]
+    args += ["method=proden,supervised", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    out = run(args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    for job in ("0", "1"):
-        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+    jobs = ["method=proden,seed=0", "method=proden,seed=1"]
+    jobs += ["method=supervised,seed=0", "method=supervised,seed=1"]
+    for job in jobs:  # named by the swept keys alone, fixed overrides left out
+        assert (sweep / job / "metrics.json").is_file()
+    with (sweep / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == jobs
+    pairs = [("proden", "0"), ("proden", "1"), ("supervised", "0"), ("supervised", "1")]
+    assert [(r["method"], r["seed"]) for r in rows] == pairs
+    for row in rows:
+        final = json.loads((sweep / row["job"] / "metrics.json").read_text())["final"]
+        assert float(row["test/top1"]) == final["test/top1"]
+        assert row["status"] == "done" and row["best_epoch"] == "1"
+    table = (sweep / "summary.md").read_text()
+    assert "| job | status | method | seed | epochs | test/top1 |" in table
+    assert "Common overrides: `model.widths=[8,16,16] " in table
+    assert f"sweep summary of 4 jobs: {sweep / 'summary.md'}" in out.stdout
 
 
 HELP = {
