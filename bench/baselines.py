@@ -14,7 +14,7 @@ Both are scored with :func:`pico.eval.knn.knn_predict` (k and temperature from
 ``configs/eval/default.yaml``) and with :func:`pico.eval.linear.linear_probe`.
 
 Example:
-    python bench/baselines.py                              # all four methods, seed 0
+    python bench/baselines.py                              # every method, seed 0
     python bench/baselines.py --methods moco byol --seeds 0 1 --record
     python bench/baselines.py --methods simclr --common "trainer.epochs=50"
 """
@@ -50,7 +50,7 @@ from common import train as train_run
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
-METHODS = ("moco", "simclr", "byol", "instdisc")
+METHODS = ("moco", "simclr", "byol", "instdisc", "simsiam", "mocov3")
 
 
 #: config groups that shape the reference points (splits, backbone, test views, kNN)

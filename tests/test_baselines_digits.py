@@ -128,7 +128,7 @@ def test_sync_key_bn_encodes_keys_in_one_pass_over_the_batch() -> None:
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("method", ["moco", "simclr", "byol", "instdisc"])
+@pytest.mark.parametrize("method", ["moco", "simclr", "byol", "instdisc", "simsiam", "mocov3"])
 def test_digits_runs_compose_with_knn_and_linear_probe(method: str) -> None:
     with initialize_config_module("pico.configs", version_base="1.3"):
         cfg = compose("train", overrides=["data=digits", f"method={method}"])

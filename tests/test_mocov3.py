@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
+from hydra import compose, initialize_config_module
 from test_train import assert_same_tensors
 from torch import nn
 
@@ -201,3 +202,10 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
     assert a["epoch"] == b["epoch"] == 4
     for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
         assert_same_tensors(a[key], b[key], key)
+
+
+def test_digits_runs_use_the_tuned_head_widths() -> None:
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["data=digits", "method=mocov3"])
+    assert (cfg.method.proj_hidden, cfg.method.pred_hidden, cfg.method.proj_dim) == (512, 512, 256)
+    assert cfg.method.temperature == 0.2

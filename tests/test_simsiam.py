@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from test_train import assert_same_tensors
 from torch import nn
@@ -181,3 +182,10 @@ def test_trainer_keeps_the_predictor_lr_and_resumes_exactly(make_config, tmp_pat
     scheduled, fixed = a["optimizer"]["param_groups"]
     assert scheduled["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decayed to zero
     assert fixed["lr"] == fixed["initial_lr"] == pytest.approx(0.05) and fixed[FIXED_LR]
+
+
+def test_digits_runs_use_the_tuned_head_widths() -> None:
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["data=digits", "method=simsiam"])
+    assert (cfg.method.proj_hidden, cfg.method.proj_dim) == (512, 512)
+    assert cfg.method.pred_hidden is None and cfg.method.fixed_predictor_lr
