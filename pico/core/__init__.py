@@ -35,6 +35,7 @@ from pico.core.losses import (
     triplet_loss,
     triplet_loss_from_labels,
 )
+from pico.core.multicrop import encode_views, multicrop_views
 from pico.core.nce import bank_logits, estimate_log_z, nce_loss
 from pico.core.queue import FeatureQueue, queue_size_for
 
@@ -47,6 +48,7 @@ __all__ = [
     "cosine_momentum",
     "ema_step_",
     "ema_update_",
+    "encode_views",
     "estimate_log_z",
     "gather_no_grad",
     "gather_with_grad",
@@ -60,6 +62,7 @@ __all__ = [
     "margin_contrastive_loss",
     "momentum_copy",
     "momentum_tensors",
+    "multicrop_views",
     "nce_loss",
     "nt_xent",
     "queue_size_for",
