@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,20 @@ from pico.data.folder import decode_splits
 from pico.data.sources import SourceData, channel_stats
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+@contextlib.contextmanager
+def _quiet_progress(datasets: ModuleType) -> Iterator[None]:
+    """No ``datasets`` progress bars in the block (local files load in moments, and the
+    bars would only crowd the run's console); the setting is restored after it."""
+    if datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def load_hf(
@@ -38,14 +54,17 @@ def load_hf(
     ``data_files``/``data_dir``. Class names come from a ``ClassLabel`` feature when there
     is one (else sorted label values). ``candidates_column`` (lists of class indices)
     gives the training candidate sets. ``channels=None`` picks 1 when the first training
-    image is grayscale, else 3; ``image_size`` resizes to a square of that side.
+    image is grayscale, else 3; ``image_size`` resizes to a square of that side. Local
+    files (``data_files``, ``data_dir``, a path) load without progress bars.
     """
     import datasets
 
+    local = data_files is not None or data_dir is not None or Path(path).expanduser().exists()
     try:
-        dsets = datasets.load_dataset(
-            path, data_files=data_files, data_dir=data_dir, cache_dir=cache_dir
-        )
+        with _quiet_progress(datasets) if local else contextlib.nullcontext():
+            dsets = datasets.load_dataset(
+                path, data_files=data_files, data_dir=data_dir, cache_dir=cache_dir
+            )
     except (FileNotFoundError, ConnectionError) as err:
         raise ValueError(
             f"Hugging Face data set '{path}' (data_files={data_files}, data_dir={data_dir}) "
