@@ -60,6 +60,14 @@ RUNS = {
     "byol": ["method=byol", "method.proj_hidden=32", "method.pred_hidden=32"],
     "instdisc": ["method=instdisc", "eval.linear_probe=true"],
     "invaspread": ["method=invaspread"],
+    # local crops resized to 4x4 (no random ops): mixed view sizes, the Sinkhorn codes
+    # and DINO's centre over the global batch, the queue and the freezes of epoch 1
+    "swav": ["method=swav", "method.proj_hidden=32", "method.num_prototypes=20",
+             "method.num_local_crops=2", "method.queue_size=256", "method.queue_start_epoch=1",
+             "aug.local=[{_target_:pico.data.augment.Resize,size:4}]"],
+    "dino": ["method=dino", "method.out_dim=64", "method.hidden_dim=32",
+             "method.bottleneck_dim=16", "method.num_local_crops=2",
+             "aug.local=[{_target_:pico.data.augment.Resize,size:4}]"],
 }  # fmt: skip
 KEEP_BN = {"moco"}
 #: runs compared with one process; PiCO+ draws its mixup pairs and weighs its reliable
