@@ -39,8 +39,9 @@ from pico.engine.stop import RunStopped
 from pico.engine.trainer import AUTO_RESUME, NonFiniteLossError, Trainer, set_determinism
 from pico.engine.validate import validate_train_config
 from pico.eval.embedding import save_embedding_png
-from pico.experiment import build_experiment
+from pico.experiment import Experiment, build_experiment
 from pico.models.transfer import backbone_state
+from pico.pll.candidates import candidate_summary
 from pico.sweep import register_resolver
 
 CONFIG_PATH = "pkg://pico.configs"
@@ -130,6 +131,41 @@ def _resume_point(trainer: Trainer, cfg: DictConfig) -> Path | None:
     return outcome
 
 
+def _short(target: str) -> str:
+    return target.rsplit(".", 1)[-1]
+
+
+def run_header(cfg: DictConfig, exp: Experiment, run_dir: Path) -> str:
+    """The lines a run prints at its start: method, data, model, candidate sets, budget,
+    device and run directory (``print_config=true`` prints the whole config instead)."""
+    bundle, trainer = exp.bundle, cfg.trainer
+    method = _short(cfg.method._target_)
+    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("method"):
+        method += f" (method={HydraConfig.get().runtime.choices.method})"
+    given = cfg.data.get("candidates")
+    candidates = "none (the labels as they are)"
+    if bundle.train.candidates is not None:
+        stats = candidate_summary(bundle.train.candidates)
+        made = "from the data" if given is None else " ".join(f"{k}={v}" for k, v in given.items())
+        candidates = (
+            f"{made}: mean set size {stats['mean_size']:.2f} of {bundle.num_classes} "
+            f"(min {int(stats['min_size'])}, max {int(stats['max_size'])})"
+        )
+    parameters = sum(p.numel() for p in exp.method.parameters())
+    steps = trainer.get("steps")
+    budget = f"{steps} steps" if steps else f"{trainer.epochs} epoch{'s' * (trainer.epochs != 1)}"
+    lines = {
+        "method": method,
+        "data": bundle.summary(),
+        "candidates": candidates,
+        "model": f"{_short(cfg.model._target_)}, {parameters:,} parameters with the heads",
+        "training": f"{budget}, batch {trainer.batch_size}, seed {cfg.seed}",
+        "device": str(exp.device),
+        "run_dir": f"{run_dir} (config.yaml: the whole config; print_config=true prints it)",
+    }
+    return "\n".join(f"{key:<11} {value}" for key, value in lines.items()) + "\n"
+
+
 def _train(cfg: DictConfig) -> dict[str, Any]:
     """Claim the run directory, check a resume against the checkpoint's fingerprint, and
     only then write into the directory and train."""
@@ -152,7 +188,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 clear_outputs(run_dir)  # overwrite=true, or resume=auto_or_new found none good
             remove_stale_temporaries(trainer.ckpt_dir)
             (run_dir / "config.yaml").write_text(config_yaml)
-            print(config_yaml)
+            print(config_yaml if cfg.get("print_config", False) else run_header(cfg, exp, run_dir))
         result = exp.fit(
             trainer,
             cfg.eval,
@@ -258,6 +294,7 @@ def run_evaluation(
     out_dir = Path(out) if out is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if parts == "all":
+        print("t-SNE of the test features for embedding.png (parts=classifier skips it)")
         figure = exp.evaluator.embedding(exp.method)
         _write_reported(out_dir / "embedding.png", lambda p: save_embedding_png(figure, p))
     record = {"checkpoint": str(path), "epoch": state["epoch"], "parts": parts}

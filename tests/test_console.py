@@ -1,8 +1,11 @@
 """What a run prints: a short header (the whole config with print_config=true), no
 Hugging Face progress bars for local files, and a log line before the end-of-run t-SNE."""
 
+import logging
+
 import pytest
 
+from pico.cli import run_training
 from pico.data.hf import load_hf
 
 datasets = pytest.importorskip("datasets")
@@ -20,3 +23,27 @@ def test_local_hf_files_load_without_progress_bars(tmp_path, capfd, monkeypatch)
     printed = capfd.readouterr()
     assert "Generating train split" not in printed.err + printed.out
     assert not datasets.are_progress_bars_disabled()  # the setting is restored
+
+
+def test_a_run_prints_a_short_header_and_announces_the_t_sne(make_config, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pico.engine.trainer")
+    run_training(make_config("method=proden", "trainer.epochs=1", "trainer.threads=1"))
+    printed = capsys.readouterr().out
+    header = printed.split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in header] == [
+        "method", "data", "candidates", "model", "training", "device", "run_dir"
+    ]  # fmt: skip
+    assert header[0] == "method      PRODEN"
+    assert header[2].startswith("candidates  name=uniform q=0.3: mean set size ")
+    assert "_target_" not in printed  # not the whole config
+    assert "t-SNE of the test features for embedding.png" in caplog.text
+
+
+def test_print_config_prints_the_whole_config(make_config, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pico.engine.trainer")
+    overrides = ["trainer.epochs=1", "trainer.threads=1", "trainer.embedding_figure=false"]
+    run_training(make_config("method=proden", *overrides, "print_config=true"))
+    printed = capsys.readouterr().out
+    assert "_target_: pico.pll.proden.PRODEN" in printed and "print_config: true" in printed
+    assert "method      PRODEN" not in printed
+    assert "t-SNE" not in caplog.text

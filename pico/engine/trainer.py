@@ -503,6 +503,10 @@ class Trainer:
         if self.main and (done % cfg.figure_every == 0 or last_epoch):
             self._figures(run, state["step"])
         if self.main and last_epoch and cfg.embedding_figure:
+            log.info(
+                "t-SNE of the test features for embedding.png "
+                "(trainer.embedding_figure=false skips it)"
+            )
             figure = run.evaluator.embedding(run.method)
             save_embedding_png(figure, self.run_dir / "embedding.png")
             run.logger.figure("test/embedding", figure, state["step"])
