@@ -7,8 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.engine.method import Batch, Method, StepInfo, TaskInfo
-from pico.engine.optim import FIXED_LR
+from pico.engine.method import FIXED_LR, Batch, Method, StepInfo, TaskInfo
 from pico.models.dims import feature_dim
 from pico.models.heads import mlp_head
 

@@ -60,10 +60,10 @@ from pico.pll import (
 )
 
 if TYPE_CHECKING:
-    from baselines import BYOL, InstDisc, InvaSpread, MoCo, SimCLR, byol_loss
+    from baselines import BYOL, InstDisc, InvaSpread, MoCo, MoCoV3, SimCLR, SimSiam, byol_loss
     from pico.engine import Trainer
     from pico.eval import Evaluator, linear_probe
-    from pico.models import cifar_resnet, imagenet_resnet
+    from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
 
 #: the distribution that installs this package (``[project] name`` in pyproject.toml)
 _DISTRIBUTION = "pico"
@@ -84,13 +84,16 @@ __getattr__, __dir__ = lazy_exports(
         "InstDisc": "baselines",
         "InvaSpread": "baselines",
         "MoCo": "baselines",
+        "MoCoV3": "baselines",
         "SimCLR": "baselines",
+        "SimSiam": "baselines",
         "byol_loss": "baselines",
         "Trainer": "pico.engine",
         "Evaluator": "pico.eval",
         "linear_probe": "pico.eval",
         "cifar_resnet": "pico.models",
         "imagenet_resnet": "pico.models",
+        "VisionTransformer": "pico.models",
     },
     submodules=("data",),
 )
@@ -111,14 +114,17 @@ __all__ = [
     "MLPEncoder",
     "Method",
     "MoCo",
+    "MoCoV3",
     "PiCO",
     "PiCOPlus",
     "SimCLR",
+    "SimSiam",
     "SmallConvNet",
     "StepInfo",
     "Supervised",
     "TaskInfo",
     "Trainer",
+    "VisionTransformer",
     "__version__",
     "approximated_accuracy",
     "byol_loss",

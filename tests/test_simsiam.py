@@ -17,7 +17,8 @@ from torch import nn
 from baselines.simsiam import SimSiam, negative_cosine
 from pico.cli import run_training
 from pico.engine.checkpoint import load_checkpoint
-from pico.engine.optim import FIXED_LR, build_optimizer, warmup_cosine
+from pico.engine.method import FIXED_LR
+from pico.engine.optim import build_optimizer, warmup_cosine
 
 SGD = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9})
 SMALL = ["method=simsiam", "method.proj_hidden=32", "method.proj_dim=32"]

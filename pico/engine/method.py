@@ -17,6 +17,11 @@ from torch import Tensor, nn
 from pico.core.distributed import get_world_size
 from pico.core.ema import ema_step_, momentum_tensors
 
+#: key of a parameter group returned by :meth:`Method.optim_parameters` whose learning
+#: rate the trainer's schedule (:func:`~pico.engine.optim.warmup_cosine`) leaves at its
+#: base value: no warm-up, no decay
+FIXED_LR = "fixed_lr"
+
 
 @dataclass
 class Batch:
@@ -215,7 +220,7 @@ class Method(nn.Module):
 
         A method may return parameter groups instead, as torch optimizers take them
         (dicts with ``"params"``); a group with ``"fixed_lr": True``
-        (:data:`pico.engine.optim.FIXED_LR`) keeps the base learning rate while the
+        (:data:`FIXED_LR`) keeps the base learning rate while the
         trainer's schedule warms up and decays the others (SimSiam's predictor).
         """
         return [p for p in self.parameters() if p.requires_grad]

@@ -11,10 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-
-#: key of a parameter group (see :meth:`pico.engine.method.Method.optim_parameters`) whose
-#: learning rate :func:`warmup_cosine` leaves at its base value: no warm-up, no decay
-FIXED_LR = "fixed_lr"
+from pico.engine.method import FIXED_LR
 
 
 def build_optimizer(
