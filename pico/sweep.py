@@ -3,8 +3,10 @@ of the jobs (``summary.md``, ``summary.csv``) in the sweep folder.
 
 Each job of a multirun writes into ``SWEEP_DIR/NAME``, where ``NAME`` joins the job's
 overrides of the keys that vary in the sweep (``method=pico,seed=0``), sorted by key;
-keys in ``hydra.job.config.override_dirname.exclude_keys`` never take part. A job with
-no such override is named by its number. When the sweep ends, :class:`SweepSummary`
+the overrides every job shares are left out. Where the swept keys are not known (a
+launcher in another process), every override names the job but the keys in
+``hydra.job.config.override_dirname.exclude_keys``. A job with no such override is
+named by its number. When the sweep ends, :class:`SweepSummary`
 (a Hydra callback, configured in ``configs/train.yaml``) writes the summary; the
 ``pico-summarize SWEEP_DIR`` command writes it again at any time, e.g. for a sweep that
 stopped early.
@@ -53,16 +55,18 @@ def job_dir_name(
     exclude: Iterable[str] = (),
     keep: Iterable[str] | None = None,
 ) -> str:
-    """The folder name of a sweep job: its ``overrides`` of the keys in ``keep`` (every key
-    when None) but not in ``exclude``, sorted and joined by commas, with ``/`` made ``_``;
-    ``str(num)`` when none is left. Names over ``MAX_NAME`` characters are shortened."""
-    excluded, kept = set(exclude), None if keep is None else set(keep)
+    """The folder name of a sweep job: its ``overrides`` of the keys in ``keep`` (the keys
+    the sweep varies), or when ``keep`` is None of every key not in ``exclude``; sorted,
+    joined by commas, with ``/`` made ``_``, and ``str(num)`` when none is left. Names
+    over ``MAX_NAME`` characters are shortened (their start and a digest)."""
+    excluded = set(exclude)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    lines = sorted(
-        str(o.input_line)
-        for o in parsed
-        if o.key_or_group not in excluded and (kept is None or o.key_or_group in kept)
-    )
+    if keep is None:
+        lines = [str(o.input_line) for o in parsed if o.key_or_group not in excluded]
+    else:
+        kept = set(keep)
+        lines = [str(o.input_line) for o in parsed if o.key_or_group in kept]
+    lines.sort()
     name = ",".join(lines).replace("/", "_")
     if not name:
         return str(num)

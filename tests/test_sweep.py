@@ -14,7 +14,9 @@ from pico.sweep import MAX_NAME, SUMMARY_CSV, SUMMARY_MD, job_dir_name, main, su
 def test_job_dir_name_joins_the_swept_overrides_sorted():
     overrides = ["trainer.epochs=1", "seed=1", "method=pico", "run_dir=x"]
     assert job_dir_name(overrides, 3) == "method=pico,run_dir=x,seed=1,trainer.epochs=1"
-    assert job_dir_name(overrides, 3, exclude=["run_dir"], keep=["seed", "method"]) == (
+    assert job_dir_name(overrides, 3, exclude=["run_dir"]) == "method=pico,seed=1,trainer.epochs=1"
+    # the swept keys name the job, excluded or not (else two jobs could share a folder)
+    assert job_dir_name(overrides, 3, exclude=["seed"], keep=["seed", "method"]) == (
         "method=pico,seed=1"
     )
     assert job_dir_name(["+data.candidates.eta=0.2"], 0) == "+data.candidates.eta=0.2"
