@@ -191,13 +191,17 @@ def test_method_config_builds_and_runs_on_tiny_data() -> None:
     assert torch.isfinite(method.training_step(tiny_batch(), INFO)["loss"])
 
 
-def test_digits_run_composes_with_knn_linear_probe_and_the_paper_optimizer() -> None:
+def test_digits_run_composes_with_knn_linear_probe_the_paper_optimizer_and_tuning() -> None:
     with initialize_config_module("pico.configs", version_base="1.3"):
         cfg = compose("train", overrides=["data=digits", "method=invaspread"])
     assert cfg.eval.linear_probe and cfg.eval.knn.enabled
     assert cfg.trainer.epochs == 100 and cfg.trainer.batch_size == 64
     assert cfg.trainer.optimizer.lr == pytest.approx(0.03 * 64 / 128)
     assert cfg.trainer.optimizer.weight_decay == 5e-4
+    assert cfg.method.temperature == 0.2  # configs/tuning/invaspread_digits.yaml
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        paper = compose("train", overrides=["data=digits", "method=invaspread", "~tuning"])
+    assert paper.method.temperature == 0.1
 
 
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, tmp_path) -> None:
