@@ -4,6 +4,7 @@ SimSiam, SwAV, DINO and instance discrimination."""
 from __future__ import annotations
 
 from baselines.byol import BYOL, byol_loss
+from baselines.dim import DIM
 from baselines.dino import DINO, DINOHead, dino_loss
 from baselines.instdisc import InstDisc
 from baselines.invaspread import InvaSpread
@@ -15,6 +16,7 @@ from baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 
 __all__ = [
     "BYOL",
+    "DIM",
     "DINO",
     "DINOHead",
     "InstDisc",

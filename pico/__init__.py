@@ -60,7 +60,7 @@ from pico.pll import (
 )
 
 if TYPE_CHECKING:
-    from baselines import BYOL, InstDisc, InvaSpread, MoCo, MoCoV3, SimCLR, SimSiam, byol_loss
+    from baselines import BYOL, DIM, InstDisc, InvaSpread, MoCo, MoCoV3, SimCLR, SimSiam, byol_loss
     from pico.engine import Trainer
     from pico.eval import Evaluator, linear_probe
     from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
@@ -81,6 +81,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "BYOL": "baselines",
+        "DIM": "baselines",
         "InstDisc": "baselines",
         "InvaSpread": "baselines",
         "MoCo": "baselines",
@@ -102,6 +103,7 @@ __all__ = [
     "BYOL",
     "CAVL",
     "CC",
+    "DIM",
     "LWS",
     "PRODEN",
     "RC",

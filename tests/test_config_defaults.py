@@ -13,9 +13,13 @@ from conftest import CONFIGS, candidate_task, method_config, tiny_backbone
 from hydra.utils import instantiate
 from torch import nn
 
+from pico.models.convnet import SmallConvNet
+
 METHODS = sorted(path.stem for path in (CONFIGS / "method").glob("*.yaml"))
 #: (method, key) -> why its YAML deliberately differs from the constructor default
 EXCEPTIONS: dict[tuple[str, str], str] = {}
+#: methods that read a spatial feature map of the backbone (DIM's local features)
+SPATIAL = {"dim"}
 
 
 def constructor(name: str) -> type[nn.Module]:
@@ -62,6 +66,11 @@ def test_yaml_values_are_the_constructor_defaults(name: str) -> None:
     )
 
 
+def tiny_encoder(name: str) -> nn.Module:
+    """A small backbone for method ``name``: convolutional where it needs a feature map."""
+    return SmallConvNet(widths=(4, 8)) if name in SPATIAL else tiny_backbone(8)
+
+
 def fingerprint(method: nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """Structure, plain attributes (hyperparameters) and state of a method."""
     attributes = {k: v for k, v in vars(method).items() if not k.startswith("_")}
@@ -74,10 +83,10 @@ def test_python_defaults_build_the_cli_method(name: str) -> None:
     builds from the YAML (same seed, so the same initial weights)."""
     task = candidate_task()
     torch.manual_seed(0)
-    python = constructor(name)(tiny_backbone(8), task)
+    python = constructor(name)(tiny_encoder(name), task)
     torch.manual_seed(0)
     cli = instantiate(method_config(name).method, _partial_=True)(
-        backbone=tiny_backbone(8), task=task
+        backbone=tiny_encoder(name), task=task
     )
     (py_repr, py_attrs, py_state), (cli_repr, cli_attrs, cli_state) = map(
         fingerprint, (python, cli)
