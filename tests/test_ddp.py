@@ -69,6 +69,9 @@ RUNS = {
     "dino": ["method=dino", "method.out_dim=64", "method.hidden_dim=32",
              "method.bottleneck_dim=16", "method.num_local_crops=2",
              "aug.local=[{_target_:pico.data.augment.Resize,size:4}]"],
+    "simsiam": ["method=simsiam", "method.proj_hidden=32", "method.proj_dim=32"],
+    "mocov3": ["method=mocov3", "method.proj_hidden=32", "method.pred_hidden=32",
+               "method.proj_dim=16"],
 }  # fmt: skip
 KEEP_BN = {"moco"}
 #: runs compared with one process; PiCO+ draws its mixup pairs and weighs its reliable
