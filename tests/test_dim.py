@@ -116,7 +116,11 @@ def test_method_config_builds_the_paper_defaults() -> None:
     with initialize_config_module("pico.configs", version_base="1.3"):
         train = compose("train", overrides=["data=digits", "method=dim"])
     assert train.trainer.optimizer._target_ == "torch.optim.AdamW"
-    assert train.trainer.optimizer.lr == 1e-4 and train.trainer.optimizer.weight_decay == 0
+    assert train.trainer.optimizer.weight_decay == 0
+    assert train.trainer.optimizer.lr == 1e-3 and train.method.embed_dim == 256  # tuning
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        paper = compose("train", overrides=["data=digits", "method=dim", "~tuning"])
+    assert paper.trainer.optimizer.lr == 1e-4 and paper.method.embed_dim == 2048
 
 
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, tmp_path) -> None:
