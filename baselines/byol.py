@@ -72,11 +72,9 @@ class BYOL(Method):
         """Target momentum for the update after step ``info.step``: base first, 1 last."""
         return cosine_momentum(self.base_momentum, info.step, max(info.total_steps - 1, 1))
 
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        self.momentum_update_(
-            [(self.backbone, self.target_backbone), (self.projector, self.target_projector)],
-            self.momentum(info),
-        )
+    def momentum_pairs(self) -> tuple[tuple[nn.Module, nn.Module], ...]:
+        """(backbone, target_backbone) and (projector, target_projector)."""
+        return ((self.backbone, self.target_backbone), (self.projector, self.target_projector))
 
     def optim_parameters(self) -> list[nn.Parameter]:
         """Online backbone, projector and predictor; never the target."""

@@ -95,6 +95,9 @@ class Method(nn.Module):
     Subclasses set ``views`` (names of augmentation recipes, one per view they need),
     implement :meth:`training_step`, and override the hooks they need. Everything a
     method must carry across a checkpoint lives in parameters or registered buffers.
+    Momentum (target) encoders are declared once: :meth:`momentum_pairs` names the
+    (online, target) pairs and :meth:`momentum` the coefficient, and the default
+    :meth:`after_optimizer_step` moves them after every optimizer step.
 
     A training loop of your own (outside :class:`~pico.engine.trainer.Trainer`) must call
     the hooks the engine calls, or schedules and momentum encoders stand still::
@@ -175,9 +178,31 @@ class Method(nn.Module):
         optimizer step."""
         return None
 
+    def momentum_pairs(self) -> Sequence[tuple[nn.Module, nn.Module]]:
+        """The (online, target) module pairs of the method's momentum encoders, which the
+        default :meth:`after_optimizer_step` moves by EMA with :meth:`momentum`; none by
+        default. Each target is a :func:`~pico.core.ema.momentum_copy` of its online
+        module."""
+        return ()
+
+    def momentum(self, info: StepInfo) -> float:
+        """EMA coefficient of the :meth:`momentum_pairs` update after step ``info.step``
+        (``target <- m * target + (1 - m) * online``); a method declaring pairs defines it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares momentum_pairs() but no momentum(info): define "
+            "it to give the EMA coefficient of each step"
+        )
+
     def after_optimizer_step(self, info: StepInfo) -> None:
         """Called after each optimizer step (momentum encoders, memory banks); a loop of
-        your own must call it too, or the key encoders never follow the online ones."""
+        your own must call it too, or the key encoders never follow the online ones.
+
+        By default it moves the declared :meth:`momentum_pairs` with
+        :meth:`momentum_update_` at :meth:`momentum`; a method overriding it calls
+        ``super().after_optimizer_step(info)`` to keep that update."""
+        pairs = self.momentum_pairs()
+        if pairs:
+            self.momentum_update_(pairs, self.momentum(info))
 
     def backbone_module(self) -> nn.Module:
         """The encoder whose pooled features are evaluated (kNN, linear probe, export).
