@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pico.core.distributed import broadcast_, gather_no_grad, get_rank, get_world_size
-from pico.core.ema import cosine_momentum, momentum_copy
+from pico.core.ema import cosine_momentum
 from pico.core.losses import info_nce
+from pico.core.momentum_encoder import MomentumEncoder
 from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.models.dims import feature_dim
@@ -19,7 +20,7 @@ from pico.models.heads import mlp_head
 KEY_BN = ("shuffle", "local", "sync")
 
 
-class MoCo(Method):
+class MoCo(MomentumEncoder, Method):
     """Query encoder + MLP head against an EMA key encoder and a queue of past keys.
 
     The loss is InfoNCE (positive: the key of the other view; negatives: the queue),
@@ -76,17 +77,15 @@ class MoCo(Method):
             raise ValueError(f"MoCo bn_groups must be >= 1 (1: plain BN), got {bn_groups}")
         if key_bn not in KEY_BN:
             raise ValueError(f"MoCo key_bn={key_bn!r} is unknown; choose one of {KEY_BN}")
-        self.backbone = backbone
         width = feature_dim(backbone, task.input_shape)
         hidden = width if proj_hidden is None else proj_hidden
-        self.head = mlp_head(width, hidden, proj_dim, num_layers=2)
-        self.key_backbone = momentum_copy(backbone)
-        self.key_head = momentum_copy(self.head)
-        if key_bn == "sync":
-            self.key_backbone = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_backbone)
-            self.key_head = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_head)
-        self.queue = FeatureQueue(queue_size_for(queue_size, task.num_train), proj_dim)
-        self.key_momentum = key_momentum
+        self.init_momentum_encoder(
+            backbone,
+            mlp_head(width, hidden, proj_dim, num_layers=2),
+            key_momentum,
+            FeatureQueue(queue_size_for(queue_size, task.num_train), proj_dim),
+            sync_key_bn=key_bn == "sync",
+        )
         self.cosine_schedule = cosine_schedule
         self.temperature = temperature
         self.symmetric = symmetric
@@ -113,10 +112,7 @@ class MoCo(Method):
         return torch.cat([encode(chunk) for chunk in x.chunk(groups)])
 
     def _query(self, x: Tensor) -> Tensor:
-        return F.normalize(self._grouped(lambda v: self.head(self.backbone(v)), x), dim=1)
-
-    def _encode_key(self, x: Tensor) -> Tensor:
-        return self.key_head(self.key_backbone(x))
+        return F.normalize(self._grouped(self.project_query, x), dim=1)
 
     @torch.no_grad()
     def _key(self, x: Tensor) -> Tensor:
@@ -127,12 +123,12 @@ class MoCo(Method):
                     "MoCo key_bn=sync needs CUDA across processes: torch's SyncBatchNorm does "
                     "not run on CPU (gloo); use method.key_bn=shuffle"
                 )
-            return F.normalize(self._encode_key(x), dim=1)
+            return self.key(x)
         if self.key_bn == "local" or get_world_size() == 1:
             if self._local_groups() == 1:
-                return F.normalize(self._encode_key(x), dim=1)
+                return self.key(x)
             order = torch.randperm(len(x), device=x.device)
-            keys = self._unshuffle(self._grouped(self._encode_key, x[order]), order)
+            keys = self._unshuffle(self._grouped(self.project_key, x[order]), order)
             return F.normalize(keys, dim=1)
         return F.normalize(self._key_shuffled_across_ranks(x), dim=1)
 
@@ -153,7 +149,7 @@ class MoCo(Method):
         order = broadcast_(torch.randperm(len(full), device=x.device))
         rank, size = get_rank(), len(x)
         mine = order[rank * size : (rank + 1) * size]
-        keys = self._unshuffle(gather_no_grad(self._grouped(self._encode_key, full[mine])), order)
+        keys = self._unshuffle(gather_no_grad(self._grouped(self.project_key, full[mine])), order)
         return keys[rank * size : (rank + 1) * size]
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
@@ -172,10 +168,9 @@ class MoCo(Method):
             self.queue.enqueue(gather_no_grad(key.float()))
         return {"loss": loss}
 
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        momentum = self.key_momentum
+    def momentum(self, info: StepInfo) -> float:
+        """Key momentum for the update after step ``info.step``: ``key_momentum``, or with
+        ``cosine_schedule`` a cosine from it (before the first step) to 1 (after the last)."""
         if self.cosine_schedule:
-            momentum = cosine_momentum(self.key_momentum, info.step + 1, info.total_steps)
-        self.momentum_update_(
-            [(self.backbone, self.key_backbone), (self.head, self.key_head)], momentum
-        )
+            return cosine_momentum(self.key_momentum, info.step + 1, info.total_steps)
+        return self.key_momentum

@@ -1,7 +1,8 @@
 """The MoCo core shared by PiCO and the baselines: EMA, feature queue, losses, gathers.
 
 None of it needs Hydra: ``from pico.core import FeatureQueue, info_nce, momentum_copy``
-in any training loop.
+in any training loop; :class:`MomentumEncoder` is MoCo's query / key encoder pair with its
+queue, mixed into a method.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from pico.core.losses import (
     triplet_loss,
     triplet_loss_from_labels,
 )
+from pico.core.momentum_encoder import MomentumEncoder
 from pico.core.multicrop import encode_views, multicrop_views
 from pico.core.nce import bank_logits, estimate_log_z, nce_loss
 from pico.core.queue import FeatureQueue, queue_size_for
 
 __all__ = [
     "FeatureQueue",
+    "MomentumEncoder",
     "MomentumTensors",
     "all_reduce_sum",
     "bank_logits",

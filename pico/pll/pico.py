@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pico.core.distributed import gather_no_grad, gather_with_grad, get_rank
-from pico.core.ema import momentum_copy
 from pico.core.losses import sup_con
+from pico.core.momentum_encoder import MomentumEncoder
 from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, StepInfo, TaskInfo
 from pico.models.heads import mlp_head
@@ -62,7 +62,7 @@ class ContrastSet:
         return (positions < 2 * self.batch)[None, :].expand(len(self.rows), -1)
 
 
-class PiCO(ClassifierMethod):
+class PiCO(MomentumEncoder, ClassifierMethod):
     """MoCo with candidate-aware pseudo-labels, class prototypes and label disambiguation.
 
     Per step (DESIGN.md section 3): classifier pseudo-labels restricted to the candidates;
@@ -111,17 +111,20 @@ class PiCO(ClassifierMethod):
         super().__init__(backbone, task)
         candidates = require_candidates(task, self.method_name)
         width = self.classifier.in_features
-        self.head = mlp_head(width, proj_hidden or width, proj_dim, num_layers=2)
-        self.key_backbone = momentum_copy(self.backbone)
-        self.key_head = momentum_copy(self.head)
-        self.queue = FeatureQueue(
-            queue_size_for(queue_size, task.num_train), proj_dim, columns=dict(self.queue_columns)
+        self.init_momentum_encoder(
+            self.backbone,
+            mlp_head(width, proj_hidden or width, proj_dim, num_layers=2),
+            key_momentum,
+            FeatureQueue(
+                queue_size_for(queue_size, task.num_train),
+                proj_dim,
+                columns=dict(self.queue_columns),
+            ),
         )
         self.register_buffer("candidates", candidates)
         self.register_buffer("confidence", uniform_confidence(candidates))
         self.register_buffer("prototypes", torch.zeros(task.num_classes, proj_dim))
         self.register_buffer("phi", torch.tensor(phi_start))
-        self.key_momentum = key_momentum
         self.temperature = temperature
         self.contrastive_weight = contrastive_weight
         self.proto_momentum = proto_momentum
@@ -139,11 +142,6 @@ class PiCO(ClassifierMethod):
         self.warmup.check(self.method_name, info.steps_per_epoch, info.total_steps)
         self.phi.fill_(phi_schedule(info.epoch, info.epochs, *self.phi_range))
 
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        self.momentum_update_(
-            [(self.backbone, self.key_backbone), (self.head, self.key_head)], self.key_momentum
-        )
-
     def in_warmup(self, info: StepInfo) -> bool:
         """Whether this step is still in warm-up (no prototype or confidence updates)."""
         return info.step < self.warmup_steps(info)
@@ -154,9 +152,7 @@ class PiCO(ClassifierMethod):
         features = self.backbone(weak)
         logits = self.classifier(features)
         q = F.normalize(self.head(features), dim=1)
-        with torch.no_grad():
-            k = F.normalize(self.key_head(self.key_backbone(strong)), dim=1)
-        return logits, q, k
+        return logits, q, self.key(strong)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         weak, strong = batch.views
@@ -237,7 +233,7 @@ class PiCO(ClassifierMethod):
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        return self.query(x)
 
     def class_prototypes(self) -> Tensor:
         return self.prototypes
