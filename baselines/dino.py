@@ -20,31 +20,41 @@ class DINOHead(nn.Module):
     """DINO's projection head: a 3-layer MLP (GELU) to a ``bottleneck_dim`` code, L2
     normalised, then a weight-normalised linear layer to ``out_dim`` logits.
 
-    The last layer's weight norm is fixed at 1 (each output is the cosine of the code and
-    a unit direction, DINO's ``norm_last_layer``): its rows are normalised on use.
+    The last layer is weight-normalised: its rows are normalised on use and scaled by
+    ``last_layer_scale``, which stays at 1 when ``norm_last_layer`` (each output is then the
+    cosine of the code and a unit direction) and is trained otherwise (DINO's option).
+    ``batch_norm`` adds BN after both hidden linear layers (DINO's ``use_bn_in_head``).
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        batch_norm: bool = False,
+        norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
+        layers: list[nn.Module] = []
+        for width in (in_dim, hidden_dim):
+            layers.append(nn.Linear(width, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.last_layer_scale = nn.Parameter(torch.ones(out_dim), requires_grad=not norm_last_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_dim) features -> (B, out_dim) logits."""
         code = F.normalize(self.mlp(x), dim=1)
-        return F.linear(code, F.normalize(self.last_layer.weight, dim=1))
+        weight = F.normalize(self.last_layer.weight, dim=1) * self.last_layer_scale.unsqueeze(1)
+        return F.linear(code, weight)
 
 
 def dino_loss(
@@ -83,7 +93,9 @@ class DINO(Method):
     100 epochs), then held. The teacher's momentum rises on a cosine from
     ``base_momentum`` to 1, the weight decay on a cosine from the optimizer's value to
     ``weight_decay_end_ratio`` times it (the paper: 0.04 -> 0.4). The head's last layer
-    gets no update during the first ``freeze_last_layer_epochs`` epochs.
+    gets no update during the first ``freeze_last_layer_epochs`` epochs;
+    ``head_batch_norm`` puts BN in the head's hidden layers (DINO's ``use_bn_in_head``),
+    ``norm_last_layer=False`` trains the scale of the last layer's rows.
     """
 
     def __init__(
@@ -93,6 +105,8 @@ class DINO(Method):
         out_dim: int = 65536,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
+        head_batch_norm: bool = False,
+        norm_last_layer: bool = True,
         num_local_crops: int = 8,
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
@@ -117,7 +131,9 @@ class DINO(Method):
         self.views = multicrop_views(num_local_crops)
         self.backbone = backbone
         width = feature_dim(backbone, task.input_shape)
-        self.head = DINOHead(width, out_dim, hidden_dim, bottleneck_dim)
+        self.head = DINOHead(
+            width, out_dim, hidden_dim, bottleneck_dim, head_batch_norm, norm_last_layer
+        )
         self.teacher_backbone = momentum_copy(backbone)
         self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -176,6 +192,7 @@ class DINO(Method):
         """No update of the head's last layer during the first ``freeze_last_layer_epochs``."""
         if info.epoch < self.freeze_last_layer_epochs:
             self.head.last_layer.weight.grad = None
+            self.head.last_layer_scale.grad = None
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         self.momentum_update_(

@@ -70,6 +70,9 @@ def test_head_is_a_3_layer_mlp_with_a_unit_norm_last_layer():
     want = code @ F.normalize(head.last_layer.weight, dim=1).T
     torch.testing.assert_close(head(x), want)
     assert head(x).abs().max() <= 1.0 + 1e-6  # cosines
+    bn = DINOHead(4, 10, hidden_dim=8, bottleneck_dim=3, batch_norm=True).mlp
+    assert [type(m) for m in bn][:3] == [nn.Linear, nn.BatchNorm1d, nn.GELU]
+    assert len(bn) == 7
 
 
 def test_no_gradient_reaches_the_teacher_and_the_optimizer_skips_it():
@@ -80,7 +83,10 @@ def test_no_gradient_reaches_the_teacher_and_the_optimizer_skips_it():
     assert all(p.grad is None for p in teacher)
     assert all(p.grad is not None for p in method.backbone.parameters())
     params = {id(p) for p in method.optim_parameters()}
-    assert params == {id(p) for m in (method.backbone, method.head) for p in m.parameters()}
+    student = [p for m in (method.backbone, method.head) for p in m.parameters()]
+    assert params == {id(p) for p in student if p.requires_grad}
+    assert not method.head.last_layer_scale.requires_grad  # norm_last_layer: rows at norm 1
+    assert _method(norm_last_layer=False).head.last_layer_scale.requires_grad
 
 
 def test_training_step_compares_the_teacher_globals_with_every_other_student_crop():
