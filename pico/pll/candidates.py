@@ -1,4 +1,4 @@
-"""Seeded generators of candidate label sets from true labels (DESIGN.md section 4).
+"""Seeded candidate-set generators (docs/candidates.md, "Generated candidate sets").
 
 Every generator takes ``targets`` (N,) int64 true labels in ``[0, C)``, draws from a
 private ``torch.Generator`` seeded with ``seed`` (never the global RNG) and returns a

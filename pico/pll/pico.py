@@ -65,7 +65,7 @@ class ContrastSet:
 class PiCO(MomentumEncoder, ClassifierMethod):
     """MoCo with candidate-aware pseudo-labels, class prototypes and label disambiguation.
 
-    Per step (DESIGN.md section 3): classifier pseudo-labels restricted to the candidates;
+    Per step (docs/design.md, "PiCO step"): classifier pseudo-labels restricted to the candidates;
     after warm-up, prototype labels update the confidence matrix (moving average φ) and
     the batch updates the momentum prototypes; the contrastive loss is SupCon over
     ``[q; k; queue]`` with pseudo-label positives (warm-up: instance positives only);

@@ -1,0 +1,133 @@
+"""Citations of the design notes resolve: every ``docs/PAGE.md, "Section"`` (or a citation
+of ``DESIGN.md``) in the code and configs names a page under ``docs/`` and a heading of
+it, and every ``bench/RESULTS.md, "Title"`` in the pages names a recorded section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+#: trees whose docstrings and comments may cite the design notes
+SOURCE_TREES = ("pico", "baselines", "configs")
+SOURCE_SUFFIXES = (".py", ".yaml", ".yml")
+
+#: a cited file: a page under docs/, or DESIGN.md anywhere (no such file is kept)
+TARGET = re.compile(r"(?<![\w/.-])((?:docs/[\w./-]+?\.md)|(?:[\w./-]*DESIGN\.md))`?")
+#: what may follow a cited file: ``, "Section"`` (single or double quotes), the quoted
+#: title possibly wrapped onto the next comment or docstring line; then ``; "Other"``
+FIRST_SECTION = re.compile(r",[ \t]*(?:\n[ \t#]*)?([\"'])(.+?)\1", re.DOTALL)
+MORE_SECTION = re.compile(r";[ \t]*(?:\n[ \t#]*)?([\"'])(.+?)\1", re.DOTALL)
+RESULTS_CITATION = re.compile(r"bench/RESULTS\.md`?")
+
+
+def _normalise(title: str) -> str:
+    """A quoted title as one line: a line break, with any comment marker and indentation
+    after it, becomes one space."""
+    return re.sub(r"\s*\n[\s#]*", " ", title).strip()
+
+
+def _sections(text: str, end: int) -> list[str]:
+    """The quoted section titles that follow a citation ending at ``end``."""
+    found = []
+    match = FIRST_SECTION.match(text, end)
+    while match and "\n\n" not in match.group(2):
+        found.append(_normalise(match.group(2)))
+        end = match.end()
+        match = MORE_SECTION.match(text, end)
+    return found
+
+
+def citations(text: str) -> list[tuple[str, list[str], int]]:
+    """(cited file, cited section titles, line number) of every citation in ``text``."""
+    out = []
+    for match in TARGET.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        out.append((match.group(1), _sections(text, match.end()), line))
+    return out
+
+
+def headings(page: Path) -> set[str]:
+    """Markdown heading texts of ``page`` (outside fenced code blocks)."""
+    found, fenced = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"#{1,6}\s+(.+?)\s*#*\s*$", line)):
+            found.add(match.group(1))
+    return found
+
+
+def source_files() -> list[Path]:
+    return sorted(
+        path
+        for tree in SOURCE_TREES
+        for path in (ROOT / tree).rglob("*")
+        if path.suffix in SOURCE_SUFFIXES and path.is_file()
+    )
+
+
+def _problems(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    where = path.relative_to(ROOT)
+    problems = []
+    for target, sections, line in citations(text):
+        page = ROOT / target
+        if not target.startswith("docs/") or not page.is_file():
+            problems.append(f"{where}:{line} cites {target}, which does not exist")
+            continue
+        missing = [s for s in sections if s not in headings(page)]
+        problems += [f"{where}:{line} cites {target}, {s!r}: no such heading" for s in missing]
+    return problems
+
+
+def test_code_citations_of_the_design_notes_resolve():
+    problems = [problem for path in source_files() for problem in _problems(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_code_cites_the_design_notes():
+    """The scan is not vacuous: the code does cite pages and headings under docs/."""
+    cited = [
+        (target, sections)
+        for path in source_files()
+        for target, sections, _ in citations(path.read_text(encoding="utf-8"))
+    ]
+    assert any(target.startswith("docs/") and sections for target, sections in cited)
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_page_citations_resolve(page: Path):
+    """A page's citations of other pages and of ``bench/RESULTS.md`` sections resolve
+    (a recorded section's heading starts with the cited title: it carries a date after
+    it), and its relative links name files that exist."""
+    text = page.read_text(encoding="utf-8")
+    problems = _problems(page)
+    results = ROOT / "bench" / "RESULTS.md"
+    recorded = headings(results) if results.is_file() else set()
+    for match in RESULTS_CITATION.finditer(text):
+        for title in _sections(text, match.end()):
+            if not any(heading.startswith(title) for heading in recorded):
+                line = text.count("\n", 0, match.start()) + 1
+                problems.append(f"{page.name}:{line} cites bench/RESULTS.md, {title!r}: not there")
+    for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" not in link and not (page.parent / link).exists():
+            problems.append(f"{page.name} links to {link}, which does not exist")
+    assert not problems, "\n".join(problems)
+
+
+def test_citation_parsing():
+    text = (
+        'x (docs/design.md, "PiCO step") y\n'
+        "# see docs/evaluation.md, 'Label-free\n#   selection'\n"
+        'z DESIGN.md section 3; w `bench/RESULTS.md`, "A"; "B".\n'
+    )
+    assert citations(text) == [
+        ("docs/design.md", ["PiCO step"], 1),
+        ("docs/evaluation.md", ["Label-free selection"], 2),
+        ("DESIGN.md", [], 4),
+    ]
+    assert _sections(text, RESULTS_CITATION.search(text).end()) == ["A", "B"]
