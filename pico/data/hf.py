@@ -98,8 +98,8 @@ def load_hf(
     if candidates_column is not None:
         from pico.pll.candidate_io import candidates_from_column
 
-        column = [list(v) for v in train_ds[candidates_column]]
-        candidates = candidates_from_column(column, len(class_names))
+        candidate_lists = [list(v) for v in train_ds[candidates_column]]
+        candidates = candidates_from_column(candidate_lists, len(class_names))
     mean, std = channel_stats(train_images)
     return SourceData(
         train=Split(train_images, train_targets, candidates),

@@ -168,6 +168,10 @@ class RandAugment(BatchOp):
     (``"nearest"`` as PIL's default in the original, or ``"bilinear"``) and fill with 0.
     """
 
+    # buffers (register_buffer in __init__), declared for the type checker
+    low: Tensor
+    high: Tensor
+
     def __init__(
         self,
         num_ops: int = 3,

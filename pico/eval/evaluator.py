@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import overload
 
 import torch
 from matplotlib.figure import Figure
@@ -98,14 +99,26 @@ class Evaluator:
             self._kept[key] = self._run(method.features, split, gather)
         return self._kept[key]
 
-    def _run(self, fn, split: Split, gather: bool = True) -> Tensor | None:
+    @overload
+    def _run(self, fn: Callable[[Tensor], Tensor], split: Split, gather: bool = ...) -> Tensor: ...
+    @overload
+    def _run(
+        self, fn: Callable[[Tensor], Tensor | None], split: Split, gather: bool = ...
+    ) -> Tensor | None: ...
+    def _run(
+        self, fn: Callable[[Tensor], Tensor | None], split: Split, gather: bool = True
+    ) -> Tensor | None:
         """``fn`` over ``split`` sharded over the ranks: all rows, or with ``gather=False``
         this rank's share."""
         return collect_sharded(
             fn, split.inputs, self.preprocess, self.device, self.cfg.batch_size, gather
         )
 
-    def _run_local(self, fn, split: Split) -> Tensor | None:
+    @overload
+    def _run_local(self, fn: Callable[[Tensor], Tensor], split: Split) -> Tensor: ...
+    @overload
+    def _run_local(self, fn: Callable[[Tensor], Tensor | None], split: Split) -> Tensor | None: ...
+    def _run_local(self, fn: Callable[[Tensor], Tensor | None], split: Split) -> Tensor | None:
         """``fn`` over all of ``split`` in this process alone (no collectives)."""
         return collect(fn, split.inputs, self.preprocess, self.device, self.cfg.batch_size)
 
@@ -200,6 +213,8 @@ class Evaluator:
                 continue
             if bank is not None:
                 queries = self._run(method.embed, split, gather=False)
+                # knn_bank() holds rows of the embed() space, so a method with one embeds
+                assert queries is not None, f"{type(method).__name__} has a knn_bank but no embed"
             else:
                 queries = self._features(method, split, gather=False)
             scores = knn_predict(
@@ -233,6 +248,7 @@ class Evaluator:
         outcome = broadcast_object(outcome)
         if isinstance(outcome, ValueError):
             raise outcome
+        assert outcome is not None  # rank 0 sets it (a result or the error) for every rank
         return {"test/linear_top1": outcome["linear_top1"]}
 
     @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -11,6 +12,22 @@ from pico.core.distributed import gather_shards, shard_bounds
 from pico.data.augment import BatchAugment
 
 
+@overload
+def collect(
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    preprocess: BatchAugment,
+    device: torch.device,
+    batch_size: int = ...,
+) -> Tensor: ...
+@overload
+def collect(
+    fn: Callable[[Tensor], Tensor | None],
+    inputs: Tensor,
+    preprocess: BatchAugment,
+    device: torch.device,
+    batch_size: int = ...,
+) -> Tensor | None: ...
 @torch.no_grad()
 def collect(
     fn: Callable[[Tensor], Tensor | None],
@@ -35,6 +52,24 @@ def collect(
     return torch.cat(outputs)
 
 
+@overload
+def collect_sharded(
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    preprocess: BatchAugment,
+    device: torch.device,
+    batch_size: int = ...,
+    gather: bool = ...,
+) -> Tensor: ...
+@overload
+def collect_sharded(
+    fn: Callable[[Tensor], Tensor | None],
+    inputs: Tensor,
+    preprocess: BatchAugment,
+    device: torch.device,
+    batch_size: int = ...,
+    gather: bool = ...,
+) -> Tensor | None: ...
 @torch.no_grad()
 def collect_sharded(
     fn: Callable[[Tensor], Tensor | None],
