@@ -26,6 +26,8 @@ from pico.pll.candidates import (
     uniform_set_size_probs,
 )
 from pico.pll.candidates_buffer import (
+    CandidateRows,
+    check_nonempty_rows,
     require_candidates,
     soft_cross_entropy,
     softmax_within,
@@ -58,6 +60,7 @@ __all__ = [
     "PRODEN",
     "RC",
     "CandidateError",
+    "CandidateRows",
     "ClassifierMethod",
     "PiCO",
     "PiCOPlus",
@@ -73,6 +76,7 @@ __all__ = [
     "candidates_from_index_lists",
     "cav_targets",
     "cc_loss",
+    "check_nonempty_rows",
     "class_activation_values",
     "flip_candidates",
     "format_candidate_summary",

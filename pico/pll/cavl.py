@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad
 from pico.engine.method import Batch, StepInfo, TaskInfo
 from pico.pll.candidates_buffer import (
-    require_candidates,
+    CandidateRows,
     uniform_confidence,
     weighted_cross_entropy,
 )
@@ -35,7 +34,7 @@ def cav_targets(logits: Tensor, candidates: Tensor) -> Tensor:
     return F.one_hot(values.argmax(dim=1), logits.shape[1]).float()
 
 
-class CAVL(ClassifierMethod):
+class CAVL(CandidateRows, ClassifierMethod):
     """Self-training on the candidate with the largest class activation value.
 
     Each row keeps target weights, uniform over its candidates at the start. The loss is
@@ -71,12 +70,10 @@ class CAVL(ClassifierMethod):
         warmup_full_ambiguity: float = 0.0,
     ) -> None:
         super().__init__(backbone, task)
-        candidates = require_candidates(task, "cavl")
+        candidates = self.init_candidate_rows(task, "cavl", "targets", uniform_confidence)
         self.warmup = Warmup.for_candidates(
             candidates, warmup_epochs, warmup_min_steps, warmup_share, warmup_full_ambiguity
         )
-        self.register_buffer("candidates", candidates)
-        self.register_buffer("targets", uniform_confidence(candidates))
 
     def on_epoch_start(self, info: StepInfo) -> None:
         self.warmup.check("cavl", info.steps_per_epoch, info.total_steps)
@@ -86,7 +83,7 @@ class CAVL(ClassifierMethod):
         loss = weighted_cross_entropy(logits, self.targets[batch.index])
         if info.step >= self.warmup.steps(info.steps_per_epoch, info.total_steps):
             updated = cav_targets(logits.detach(), self.candidates[batch.index])
-            self.targets[gather_no_grad(batch.index)] = gather_no_grad(updated)
+            self.write_rows_(batch.index, updated)
         return {"loss": loss}
 
     def train_label_estimate(self) -> Tensor:

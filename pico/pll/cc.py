@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad
 from pico.engine.method import Batch, StepInfo, TaskInfo
-from pico.pll.candidates_buffer import require_candidates
+from pico.pll.candidates_buffer import CandidateRows
 from pico.pll.supervised import ClassifierMethod
+
+
+def first_candidate(candidates: Tensor) -> Tensor:
+    """Each row's first candidate class: CC's initial label estimate."""
+    return candidates.int().argmax(dim=1)
 
 
 def cc_loss(logits: Tensor, candidates: Tensor) -> Tensor:
@@ -29,7 +33,7 @@ def candidate_prediction(logits: Tensor, candidates: Tensor) -> Tensor:
     return logits.float().masked_fill(~candidates.bool(), float("-inf")).argmax(dim=1)
 
 
-class CC(ClassifierMethod):
+class CC(CandidateRows, ClassifierMethod):
     """Classifier-consistent PLL: maximise the probability mass on the candidate set.
 
     The loss needs no per-row state. For the disambiguation metric the method keeps each
@@ -42,16 +46,14 @@ class CC(ClassifierMethod):
 
     def __init__(self, backbone: nn.Module, task: TaskInfo) -> None:
         super().__init__(backbone, task)
-        candidates = require_candidates(task, "cc")
-        self.register_buffer("candidates", candidates)
-        self.register_buffer("label_estimate", candidates.int().argmax(dim=1))
+        self.init_candidate_rows(task, "cc", "label_estimate", first_candidate)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         logits = self.classifier(self.backbone(batch.views[0]))
         candidates = self.candidates[batch.index]
         loss = cc_loss(logits, candidates)
         prediction = candidate_prediction(logits.detach(), candidates)
-        self.label_estimate[gather_no_grad(batch.index)] = gather_no_grad(prediction)
+        self.write_rows_(batch.index, prediction)
         return {"loss": loss}
 
     def train_label_estimate(self) -> Tensor:

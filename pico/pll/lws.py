@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad
 from pico.engine.method import Batch, StepInfo, TaskInfo
-from pico.pll.candidates_buffer import require_candidates, softmax_within
+from pico.pll.candidates_buffer import CandidateRows, softmax_within
 from pico.pll.supervised import ClassifierMethod
 
 LOSSES = ("sigmoid", "ce")
@@ -78,7 +77,7 @@ def lws_loss(
     return (partial + beta * rest).mean()
 
 
-class LWS(ClassifierMethod):
+class LWS(CandidateRows, ClassifierMethod):
     """Leveraged weighted loss: weighted losses on the candidates, and on the non-candidates
     scaled by the leverage ``beta``.
 
@@ -106,9 +105,7 @@ class LWS(ClassifierMethod):
             raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
         self.beta = float(beta)
         self.loss = loss
-        candidates = require_candidates(task, "lws")
-        self.register_buffer("candidates", candidates)
-        self.register_buffer("label_weights", lws_initial_weights(candidates))
+        self.init_candidate_rows(task, "lws", "label_weights", lws_initial_weights)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         logits = self.classifier(self.backbone(batch.views[0]))
@@ -116,7 +113,7 @@ class LWS(ClassifierMethod):
         weights = self.label_weights[batch.index]
         loss = lws_loss(logits, candidates, weights, self.beta, self.loss)
         updated = lws_weights(logits.detach(), candidates)
-        self.label_weights[gather_no_grad(batch.index)] = gather_no_grad(updated)
+        self.write_rows_(batch.index, updated)
         return {"loss": loss}
 
     def train_label_estimate(self) -> Tensor:

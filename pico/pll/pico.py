@@ -15,7 +15,7 @@ from pico.core.queue import FeatureQueue, queue_size_for
 from pico.engine.method import Batch, StepInfo, TaskInfo
 from pico.models.heads import mlp_head
 from pico.pll.candidates_buffer import (
-    require_candidates,
+    CandidateRows,
     uniform_confidence,
     weighted_cross_entropy,
 )
@@ -62,7 +62,7 @@ class ContrastSet:
         return (positions < 2 * self.batch)[None, :].expand(len(self.rows), -1)
 
 
-class PiCO(MomentumEncoder, ClassifierMethod):
+class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
     """MoCo with candidate-aware pseudo-labels, class prototypes and label disambiguation.
 
     Per step (docs/design.md, "PiCO step"): classifier pseudo-labels restricted to the candidates;
@@ -109,7 +109,9 @@ class PiCO(MomentumEncoder, ClassifierMethod):
         warmup_batch_negatives: bool = False,
     ) -> None:
         super().__init__(backbone, task)
-        candidates = require_candidates(task, self.method_name)
+        candidates = self.init_candidate_rows(
+            task, self.method_name, "confidence", uniform_confidence
+        )
         width = self.classifier.in_features
         self.init_momentum_encoder(
             self.backbone,
@@ -121,8 +123,6 @@ class PiCO(MomentumEncoder, ClassifierMethod):
                 columns=dict(self.queue_columns),
             ),
         )
-        self.register_buffer("candidates", candidates)
-        self.register_buffer("confidence", uniform_confidence(candidates))
         self.register_buffer("prototypes", torch.zeros(task.num_classes, proj_dim))
         self.register_buffer("phi", torch.tensor(phi_start))
         self.temperature = temperature

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pico.core.distributed import gather_no_grad
 from pico.engine.method import Batch, StepInfo, TaskInfo
 from pico.pll.candidates_buffer import (
-    require_candidates,
+    CandidateRows,
     softmax_within,
     uniform_confidence,
     weighted_cross_entropy,
@@ -16,7 +15,7 @@ from pico.pll.candidates_buffer import (
 from pico.pll.supervised import ClassifierMethod
 
 
-class PRODEN(ClassifierMethod):
+class PRODEN(CandidateRows, ClassifierMethod):
     """Self-training restricted to the candidates.
 
     Each row keeps label weights (uniform over its candidates at the start); the loss is
@@ -39,16 +38,14 @@ class PRODEN(ClassifierMethod):
 
     def __init__(self, backbone: nn.Module, task: TaskInfo) -> None:
         super().__init__(backbone, task)
-        candidates = require_candidates(task, self.method_name)
-        self.register_buffer("candidates", candidates)
-        self.register_buffer("confidence", uniform_confidence(candidates))
+        self.init_candidate_rows(task, self.method_name, "confidence", uniform_confidence)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         logits = self.classifier(self.backbone(batch.views[0]))
         loss = weighted_cross_entropy(logits, self.confidence[batch.index])
         with torch.no_grad():
             restricted = softmax_within(logits, self.candidates[batch.index])
-            self.confidence[gather_no_grad(batch.index)] = gather_no_grad(restricted)
+            self.write_rows_(batch.index, restricted)
         return {"loss": loss}
 
     def train_label_estimate(self) -> Tensor:
