@@ -93,13 +93,14 @@ def build_backbone(
             f"{kind} data needs an input shape with {expected_ndim} dimension(s) "
             f"({'(C, H, W)' if kind == 'image' else '(D,)'}), got {tuple(input_shape)}"
         )
-    cfg = OmegaConf.create(
+    model_cfg = OmegaConf.create(
         OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     )
-    check_pretrained(cfg)
-    cfg.pop("pretrained", None)
-    init_from = cfg.pop("init_from", None)
-    target_name = cfg.get("_target_")
+    assert isinstance(model_cfg, DictConfig)  # created from a mapping
+    check_pretrained(model_cfg)
+    model_cfg.pop("pretrained", None)
+    init_from = model_cfg.pop("init_from", None)
+    target_name = model_cfg.get("_target_")
     if not target_name:
         raise ValueError(
             "model config has no '_target_'; pick a model config (e.g. model=convnet) "
@@ -117,10 +118,10 @@ def build_backbone(
             f"backbone {target_name} is built for {accepted} data but the data is {kind} "
             f"(input shape {tuple(input_shape)}); {_FIX[kind]}"
         )
-    sizes = {_SIZE_ARG[kind]: int(input_shape[0])}
+    sizes: dict[str, int | list[int]] = {_SIZE_ARG[kind]: int(input_shape[0])}
     if kind == "image" and _takes(target, "image_size"):  # a ViT: its position embeddings
         sizes["image_size"] = [int(s) for s in input_shape[1:]]
-    model = instantiate(cfg, **sizes, _convert_="all")
+    model = instantiate(model_cfg, **sizes, _convert_="all")
     if not isinstance(getattr(model, "out_dim", None), int):
         raise ValueError(
             f"backbone {target_name} has no integer attribute 'out_dim'; set it to the size "

@@ -69,9 +69,11 @@ def cifar_resnet(
     net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()
+    assert isinstance(net.fc, nn.Linear)  # torchvision's classifier, replaced below
     out_dim = net.fc.in_features
     net.fc = nn.Identity()
-    net.out_dim = out_dim
+    # nn.Module.__setattr__ is annotated for tensors and modules; it stores any attribute
+    net.out_dim = out_dim  # type: ignore[assignment]
     return net
 
 
@@ -104,7 +106,9 @@ def imagenet_resnet(depth: int = 18, in_channels: int = 3, weights: str | None =
             )
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    assert isinstance(net.fc, nn.Linear)  # torchvision's classifier, replaced below
     out_dim = net.fc.in_features
     net.fc = nn.Identity()
-    net.out_dim = out_dim
+    # nn.Module.__setattr__ is annotated for tensors and modules; it stores any attribute
+    net.out_dim = out_dim  # type: ignore[assignment]
     return net

@@ -29,14 +29,15 @@ def import_timm() -> ModuleType:
         ) from err
 
 
-def _check_name(timm: ModuleType, name: str) -> None:
-    """Refuse a missing name, or one timm does not know, suggesting the closest ones."""
+def _check_name(timm: ModuleType, name: str | None) -> str:
+    """``name``, refusing a missing name or one timm does not know (suggesting the closest
+    ones)."""
     if not name:
         raise ValueError(
             "model=timm needs a model name: pass model.name=NAME, e.g. model.name=resnet18"
         )
     if timm.is_model(name):
-        return
+        return name
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"close matches: {close}; " if close else ""
     raise ValueError(
@@ -57,7 +58,7 @@ def timm_backbone(
     ``timm.create_model`` (e.g. ``drop_path_rate``). ``out_dim`` is the pooled feature size.
     """
     timm = import_timm()
-    _check_name(timm, name)
+    name = _check_name(timm, name)
     options: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels, **kwargs}
     if weights is None:
         net = timm.create_model(name, pretrained=False, **options)

@@ -74,6 +74,7 @@ class VisionTransformer(_TorchvisionViT):
         )
         self.conv_proj = nn.Conv2d(in_channels, width, kernel_size=patch, stride=patch)
         nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch**2)))
+        assert self.conv_proj.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(self.conv_proj.bias)
         self.heads = nn.Identity()
         self.out_dim = width
