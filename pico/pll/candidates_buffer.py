@@ -5,10 +5,11 @@ weights."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from pico.core.distributed import gather_no_grad
 from pico.engine.method import TaskInfo
@@ -70,7 +71,14 @@ def softmax_within(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.any(dim=1, keepdim=True), probs, torch.zeros_like(probs))
 
 
-class CandidateRows:
+# the mixin's methods run on an nn.Module (the method); type checkers see that base
+if TYPE_CHECKING:
+    _Module = nn.Module
+else:
+    _Module = object
+
+
+class CandidateRows(_Module):
     """Mixin of a partial-label method: the train split's candidate matrix and one
     per-row state over it (label weights, confidences, estimates).
 
