@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,7 +71,8 @@ def process_group(device_name: str) -> Iterator[None]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         eager = "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group("nccl", **({"device_id": device} if eager else {}))
+        device_id: dict[str, Any] = {"device_id": device} if eager else {}
+        dist.init_process_group("nccl", **device_id)
     else:
         dist.init_process_group("gloo")
     try:
@@ -106,6 +108,7 @@ def wrap_training_step(method: Method, device: torch.device) -> nn.Module:
     if get_world_size() == 1:
         return step
     device_ids = [device.index] if device.type == "cuda" else None
+    no_buffer_sync: dict[str, Any]
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         no_buffer_sync = {"forward_sync_buffers": False}
     else:

@@ -79,7 +79,7 @@ def _digest(tensors: Iterable[torch.Tensor | None]) -> str:
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
         if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy())
+            digest.update(flat.view(torch.uint8).numpy().data)  # .data: the bytes, as a memoryview
     return digest.hexdigest()
 
 

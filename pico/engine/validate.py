@@ -146,7 +146,7 @@ def _fraction_problems(node: DictConfig, prefix: str) -> Iterator[str]:
     for key in node:
         if OmegaConf.is_missing(node, key):
             continue  # reported by name where it is read
-        name, value = f"{prefix}.{key}", node[key]
+        name, value = f"{prefix}.{key!s}", node[key]  # !s: a key may be bytes
         if isinstance(value, DictConfig):
             yield from _fraction_problems(value, name)
         elif str(key).endswith("fraction") and not (_is_number(value) and 0 <= value < 1):
