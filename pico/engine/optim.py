@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -43,7 +43,9 @@ def warmup_cosine(
     def fixed(step: int) -> float:
         return 1.0
 
-    factors = [fixed if g.get(FIXED_LR, False) else factor for g in optimizer.param_groups]
+    factors: list[Callable[[int], float]] = [
+        fixed if g.get(FIXED_LR, False) else factor for g in optimizer.param_groups
+    ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 

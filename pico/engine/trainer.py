@@ -453,7 +453,7 @@ class Trainer:
                 images = len(index) * world * (i + 1 - start)
                 rate = images / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
-                lr = run.scheduler.get_last_lr()[0]
+                lr = float(run.scheduler.get_last_lr()[0])  # typed float | Tensor; a float here
                 run.logger.scalars(
                     {
                         **{f"train/{k}": v for k, v in means.items()},
