@@ -33,6 +33,10 @@ class FeatureQueue(nn.Module):
     """
 
     _RESERVED = frozenset({"features", "ptr", "filled"})
+    # buffers (register_buffer in __init__), declared for the type checker
+    features: Tensor
+    ptr: Tensor
+    filled: Tensor
 
     def __init__(self, size: int, dim: int, columns: Mapping[str, torch.dtype] | None = None):
         super().__init__()
