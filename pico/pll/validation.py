@@ -12,7 +12,7 @@ import numbers
 import warnings
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, SupportsInt, cast
 
 import numpy as np
 import torch
@@ -208,5 +208,6 @@ def _index_row(entry: Any, row: int) -> list[int]:
             raise CandidateError(
                 f"row {row} holds {v!r}, which is not a class index; use integer class ids"
             )
-        out.append(int(v))
+        # typeshed types numbers.Real.__trunc__ loosely; int() converts every Real
+        out.append(int(cast(SupportsInt, v)))
     return out
