@@ -59,6 +59,7 @@ class CAVL(CandidateRows, ClassifierMethod):
 
     views = ("weak",)
     uses_candidates = True
+    targets: Tensor  # the row state buffer (init_candidate_rows)
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ class CC(CandidateRows, ClassifierMethod):
 
     views = ("weak",)
     uses_candidates = True
+    label_estimate: Tensor  # the row state buffer (init_candidate_rows)
 
     def __init__(self, backbone: nn.Module, task: TaskInfo) -> None:
         super().__init__(backbone, task)

@@ -90,6 +90,7 @@ class LWS(CandidateRows, ClassifierMethod):
 
     views = ("weak",)
     uses_candidates = True
+    label_weights: Tensor  # the row state buffer (init_candidate_rows)
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class PRODEN(CandidateRows, ClassifierMethod):
 
     views = ("weak",)
     uses_candidates = True
+    confidence: Tensor  # the row state buffer (init_candidate_rows)
     #: the name in ``method=...``, for error messages
     method_name = "proden"
 
