@@ -43,6 +43,10 @@ class InstDisc(Method):
     """
 
     views = ("contrastive",)
+    # buffers (register_buffer in __init__), declared for the type checker
+    memory_bank: Tensor
+    log_z: Tensor
+    log_z_known: Tensor
 
     def __init__(
         self,
