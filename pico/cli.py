@@ -1,4 +1,5 @@
-"""Command-line entry points: ``pico-train``, ``pico-eval`` and ``pico-export`` (Hydra)."""
+"""Command-line entry points: ``pico-train``, ``pico-eval``, ``pico-export`` and
+``pico-predict`` (Hydra)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from pico.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     remove_stale_temporaries,
-    save_checkpoint,
 )
 from pico.engine.distributed_run import env_world_size, process_group
 from pico.engine.fingerprint import check_allow_changes, check_resume, run_fingerprint
@@ -40,7 +40,6 @@ from pico.engine.trainer import AUTO_RESUME, NonFiniteLossError, Trainer, set_de
 from pico.engine.validate import validate_train_config
 from pico.eval.embedding import save_embedding_png
 from pico.experiment import Experiment, build_experiment
-from pico.models.transfer import backbone_state
 from pico.pll.candidates import candidate_summary
 from pico.sweep import register_resolver
 
@@ -279,8 +278,8 @@ def run_evaluation(
     if not isinstance(state.get("config"), str) or not isinstance(state.get("method"), dict):
         raise CheckpointError(
             f"{path} is not a pico-train checkpoint (it holds no run config and method "
-            "state; a pico-export output holds a backbone alone); pass run_dir/checkpoints/"
-            "best.pt or last.pt"
+            "state; a pico-export output holds a model for inference, which pico-predict "
+            "takes); pass run_dir/checkpoints/best.pt or last.pt"
         )
     cfg = OmegaConf.create(state["config"])
     cfg.trainer.device = device
@@ -307,14 +306,33 @@ def run_evaluation(
     return metrics
 
 
-def run_export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Save the backbone of ``checkpoint`` alone, as a plain state dict (no checksum key,
-    so other tools load it as it is); a file already at ``out`` is replaced, and the
-    replacement is reported."""
+def run_export(
+    checkpoint: str | Path,
+    out: str | Path,
+    parts: str = "all",
+    formats: str | Sequence[str] = "all",
+    data: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export ``checkpoint`` for inference (:func:`pico.export.export_model`): with
+    ``parts="all"`` the backbone, classifier head and preprocessing as a state dict at
+    ``out``, as TorchScript at ``out`` with suffix ``.ts`` and as ONNX (``.onnx``, where
+    onnx is installed); with ``parts="backbone"`` the backbone's plain state dict alone at
+    ``out`` (what ``model.init_from`` reads). ``data`` changes the stored data config as
+    for ``pico-eval``. Files already there are replaced, and each replacement is reported.
+    Returns ``out``."""
+    from pico.export import export_model, export_paths
+
     load_checkpoint(checkpoint)  # refuses a missing, corrupt or code-carrying file first
-    state = backbone_state(checkpoint)
-    _write_reported(Path(out), lambda p: save_checkpoint(state, p, checksum=False))
-    print(f"{len(state)} tensors of the backbone")
+    before = {path: path.exists() for path in export_paths(out).values()}
+    result = export_model(checkpoint, out, parts, formats, data)
+    for name, path in result.files.items():
+        print(f"{'replaced' if before.get(path) else 'written'} {path} ({name})")
+    if parts == "backbone":
+        print(f"{len(torch.load(out, weights_only=True))} tensors of the backbone")
+    else:
+        print(f"outputs: {result.output} (raw inputs in, preprocessing included)")
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
     return Path(out)
 
 
@@ -436,8 +454,33 @@ def evaluate_main(cfg: DictConfig) -> None:
     run_evaluation(cfg.checkpoint, cfg.device, cfg.parts, data, cfg.get("out"))
 
 
+def export() -> None:
+    """``pico-export checkpoint=PATH out=FILE [parts=all|backbone] [formats=...]
+    [data.KEY=VALUE ...]``; ``data.`` overrides reach Hydra as ``++data.`` (as for pico-eval)."""
+    sys.argv[1:] = [f"++{arg}" if arg.startswith("data.") else arg for arg in sys.argv[1:]]
+    export_main()
+
+
 @hydra.main(config_path=CONFIG_PATH, config_name="export", version_base="1.3")
 @exit_on_user_error
-def export(cfg: DictConfig) -> None:
-    """``pico-export checkpoint=PATH out=FILE``: the backbone as a plain state dict."""
-    run_export(cfg.checkpoint, cfg.out)
+def export_main(cfg: DictConfig) -> None:
+    """The Hydra application behind ``pico-export``."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    formats = _plain(cfg.formats)
+    run_export(cfg.checkpoint, cfg.out, cfg.parts, formats, data)
+
+
+def predict() -> None:
+    """``pico-predict checkpoint=PATH input=FOLDER_OR_FILE [out=predictions.csv]``."""
+    sys.argv[1:] = [f"++{arg}" if arg.startswith("data.") else arg for arg in sys.argv[1:]]
+    predict_main()
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="predict", version_base="1.3")
+@exit_on_user_error
+def predict_main(cfg: DictConfig) -> None:
+    """The Hydra application behind ``pico-predict``."""
+    from pico.predict import run_prediction
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    run_prediction(cfg.checkpoint, cfg.input, cfg.out, cfg.batch_size, data)

@@ -58,8 +58,8 @@ def test_outputs_already_there_are_replaced_and_reported(moved, tmp_path, capsys
     printed = capsys.readouterr().out
     assert f"replaced {tmp_path / 'run' / 'eval.json'}" in printed
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["parts"] == "knn"
-    run_export(checkpoint, tmp_path / "backbone.pt")
-    run_export(checkpoint, tmp_path / "backbone.pt")
+    run_export(checkpoint, tmp_path / "backbone.pt", parts="backbone")
+    run_export(checkpoint, tmp_path / "backbone.pt", parts="backbone")
     assert f"replaced {tmp_path / 'backbone.pt'}" in capsys.readouterr().out
 
 

@@ -80,7 +80,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
 def test_export_and_init_from_hand_over_the_backbone(make_config, tmp_path):
     run_training(make_config("method=moco", "trainer.epochs=1", "method.queue_size=128"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    exported = run_export(ckpt, tmp_path / "backbone.pt")
+    exported = run_export(ckpt, tmp_path / "backbone.pt", parts="backbone")
     state = torch.load(exported, weights_only=True)
     moco = load_checkpoint(ckpt)["method"]
     assert state.keys() == {k.removeprefix("backbone.") for k in moco if k.startswith("backbone.")}

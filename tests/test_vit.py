@@ -110,7 +110,7 @@ def test_pico_on_a_vit_trains_evaluates_and_exports(make_config, tmp_path) -> No
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     metrics = run_evaluation(ckpt, device="cpu")
     assert metrics["test/top1"] == pytest.approx(result["final"]["test/top1"], abs=1e-6)
-    state = torch.load(run_export(ckpt, tmp_path / "vit.pt"), weights_only=True)
+    state = torch.load(run_export(ckpt, tmp_path / "vit.pt", parts="backbone"), weights_only=True)
     method = load_checkpoint(ckpt)["method"]
     assert "conv_proj.weight" in state and state["conv_proj.weight"].shape == (16, 1, 2, 2)
     assert state.keys() == {

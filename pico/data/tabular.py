@@ -76,15 +76,31 @@ def standardize_features(features: Tensor, train_rows: Tensor, mode: bool | str)
         )
     if mode is False:
         return features.to(torch.float32)
+    shift, scale = standardization_stats(features, train_rows, mode)
+    return ((features.double() - shift) / scale).to(torch.float32)
+
+
+def standardization_stats(
+    features: Tensor, train_rows: Tensor, mode: bool | str
+) -> tuple[Tensor, Tensor]:
+    """The float64 ``(shift, scale)`` per column with which :func:`standardize_features`
+    computes ``(features - shift) / scale``: (0, 1) for the columns it keeps as they are."""
+    if mode not in (True, False, "auto"):
+        raise ValueError(
+            f"data.source.standardize={mode!r} is not a scaling mode; use auto, true or false"
+        )
+    width = features.shape[1]
+    if mode is False:
+        return torch.zeros(width, dtype=torch.float64), torch.ones(width, dtype=torch.float64)
     train = features[train_rows].double()
     mean = train.mean(dim=0)
     std = train.std(dim=0, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))
-    scaled = (features.double() - mean) / std
     if mode == "auto":
         binary = ((features == 0) | (features == 1)).all(dim=0)
-        scaled = torch.where(binary, features.double(), scaled)
-    return scaled.to(torch.float32)
+        mean = torch.where(binary, torch.zeros_like(mean), mean)
+        std = torch.where(binary, torch.ones_like(std), std)
+    return mean, std
 
 
 def _refuse_transposed_data(file: Path) -> None:
@@ -122,6 +138,36 @@ def load_pll_mat_source(
     are reported; with ``min_class_count`` > 0 those below it are dropped (see
     :func:`drop_rare_classes`), as some of the literature does: say so with results.
     """
+    features, targets, candidates, class_ids, train_idx, test_idx = _split_pll_mat(
+        path, test_fraction, seed, min_class_count
+    )
+    features = standardize_features(features, train_idx, standardize)
+    return SourceData(
+        train=Split(features[train_idx], targets[train_idx], candidates[train_idx]),
+        test=Split(features[test_idx], targets[test_idx], candidates[test_idx]),
+        class_names=[str(c) for c in class_ids.tolist()],
+        kind="tabular",
+    )
+
+
+def pll_mat_scaling(
+    path: str,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool | str = "auto",
+    min_class_count: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The ``(shift, scale)`` :func:`load_pll_mat_source` (same arguments) scales the raw
+    features of ``path`` with: a raw row ``x`` becomes ``(x - shift) / scale``."""
+    features, *_, train_idx, _ = _split_pll_mat(path, test_fraction, seed, min_class_count)
+    return standardization_stats(features, train_idx, standardize)
+
+
+def _split_pll_mat(
+    path: str, test_fraction: float, seed: int, min_class_count: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Raw features, labels, candidates and kept class ids of ``path``, and the train and
+    test row indices."""
     from pico.pll.candidate_io import load_pll_mat
 
     file = Path(path).expanduser()
@@ -149,10 +195,4 @@ def load_pll_mat_source(
             len(targets),
         )
     train_idx, test_idx = stratified_split(targets, test_fraction, seed)
-    features = standardize_features(features, train_idx, standardize)
-    return SourceData(
-        train=Split(features[train_idx], targets[train_idx], candidates[train_idx]),
-        test=Split(features[test_idx], targets[test_idx], candidates[test_idx]),
-        class_names=[str(c) for c in class_ids.tolist()],
-        kind="tabular",
-    )
+    return features, targets, candidates, class_ids, train_idx, test_idx

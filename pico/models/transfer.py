@@ -11,7 +11,8 @@ BACKBONE_PREFIX = "backbone."
 
 
 def backbone_state(path: str | Path) -> dict[str, Tensor]:
-    """Backbone weights from a pico checkpoint (any method) or a plain state-dict file.
+    """Backbone weights from a pico checkpoint (any method), a pico-export file or a plain
+    state-dict file.
 
     In a checkpoint, the online backbone is the method's ``backbone`` submodule; its
     entries are returned without the ``backbone.`` prefix, ready for a torchvision-style
@@ -21,6 +22,8 @@ def backbone_state(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ValueError(f"{path} does not exist; pass a checkpoint (.pt) written by pico-train")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") == "pico-export" and isinstance(state.get("backbone"), dict):
+        return state["backbone"]  # a pico-export state dict (parts=all)
     if isinstance(state.get("method"), dict):
         state = {
             key.removeprefix(BACKBONE_PREFIX): value
