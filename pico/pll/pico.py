@@ -87,7 +87,11 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
     method_name = "pico"
     #: extra queue columns stored beside each key (name, dtype)
     queue_columns: tuple[tuple[str, torch.dtype], ...] = (("label", torch.long),)
-    step_graph = "step_tensors"
+    step_graph: str | None = "step_tensors"
+    # buffers (init_candidate_rows / register_buffer in __init__), declared for the type checker
+    confidence: Tensor
+    prototypes: Tensor
+    phi: Tensor
 
     def __init__(
         self,
