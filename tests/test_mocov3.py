@@ -209,3 +209,4 @@ def test_digits_runs_use_the_tuned_head_widths() -> None:
         cfg = compose("train", overrides=["data=digits", "method=mocov3"])
     assert (cfg.method.proj_hidden, cfg.method.pred_hidden, cfg.method.proj_dim) == (512, 512, 256)
     assert cfg.method.temperature == 0.2
+    assert (cfg.trainer.optimizer.lr, cfg.trainer.optimizer.weight_decay) == (0.1, 0.003)

@@ -190,3 +190,4 @@ def test_digits_runs_use_the_tuned_head_widths() -> None:
         cfg = compose("train", overrides=["data=digits", "method=simsiam"])
     assert (cfg.method.proj_hidden, cfg.method.proj_dim) == (512, 512)
     assert cfg.method.pred_hidden is None and cfg.method.fixed_predictor_lr
+    assert (cfg.trainer.optimizer.lr, cfg.trainer.optimizer.weight_decay) == (0.1, 0.003)
