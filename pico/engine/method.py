@@ -122,6 +122,8 @@ class Method(nn.Module):
     #: compiled as one graph by :meth:`compile_parts`; it must not read ``StepInfo``
     #: values that change every step. ``None``: only the child modules are compiled.
     step_graph: str | None = None
+    #: the online encoder, set by every subclass (see :meth:`backbone_module`)
+    backbone: nn.Module
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         """Losses for one batch; the key ``"loss"`` is minimised, the rest are logged."""
