@@ -389,6 +389,7 @@ def to_onnx(predictor: Predictor, path: str | Path) -> Path:
         dynamic_shapes=({0: batch},),
         dynamo=True,
         external_data=False,
+        verbose=False,
     )
     return Path(path)
 
