@@ -194,11 +194,9 @@ class DINO(Method):
             self.head.last_layer.weight.grad = None
             self.head.last_layer_scale.grad = None
 
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        self.momentum_update_(
-            [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)],
-            self.momentum(info),
-        )
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Student backbone and head, each followed by its teacher."""
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
 
     def optim_parameters(self) -> list[nn.Parameter]:
         """Student backbone and head; never the teacher."""

@@ -113,6 +113,10 @@ class Method(nn.Module):
                 optimizer.step()
                 method.after_optimizer_step(info)
                 step += 1
+
+    A method with a :meth:`weight_decay_factor` (DINO) also needs it applied before each
+    optimizer step, ``scale_weight_decay_(optimizer, factor)``
+    (:func:`~pico.engine.optim.scale_weight_decay_`), as the trainer does.
     """
 
     views: tuple[str, ...] = ("weak",)
