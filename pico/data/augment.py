@@ -208,7 +208,7 @@ def affine_grid(matrix: Tensor, height: int, width: int) -> Tensor:
     the image centre (pixel ``j`` has centre ``j + 0.5 - width / 2``); the grid holds the
     input positions normalised for ``grid_sample(..., align_corners=False)``.
     """
-    kw = {"dtype": matrix.dtype, "device": matrix.device}
+    kw: dict[str, Any] = {"dtype": matrix.dtype, "device": matrix.device}
     xs = torch.arange(width, **kw).add_(0.5 - width / 2).view(1, 1, 1, width)
     ys = torch.arange(height, **kw).add_(0.5 - height / 2).view(1, 1, height, 1)
     # the map's two rows in normalised input units, as (B, 2, 3, 1, 1) coefficients
@@ -231,8 +231,11 @@ class BatchOp(nn.Module, ABC):
     ) -> Params:
         """Per-sample random parameters for a batch of ``shape``, as tensors on ``device``."""
 
+    # the transform is named apply, as in the ops' public API; it shadows nn.Module.apply(fn)
+    # (recursive initialisation), which mypy reports as an incompatible override here and in
+    # every op
     @abstractmethod
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]
         """Transform ``x`` with explicit per-sample ``params`` (deterministic)."""
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -324,7 +327,7 @@ class RandomResizedCrop(BatchOp):
     def output_shape(self, shape: Shape) -> Shape:
         return (*shape[:-2], *(self.size or shape[-2:]))
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "RandomResizedCrop")
         height, width = x.shape[-2:]
         out_h, out_w = self.size or (height, width)
@@ -378,7 +381,7 @@ class Resize(BatchOp):
     def output_shape(self, shape: Shape) -> Shape:
         return (*shape[:-2], *shorter_side_size(shape[-2], shape[-1], self.size))
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "Resize")
         size = shorter_side_size(x.shape[-2], x.shape[-1], self.size)
         if tuple(x.shape[-2:]) == size:
@@ -408,7 +411,7 @@ class CenterCrop(BatchOp):
     def output_shape(self, shape: Shape) -> Shape:
         return (*shape[:-2], *self.size)
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "CenterCrop")
         (height, width), (out_h, out_w) = x.shape[-2:], self.size
         if out_h > height or out_w > width:
@@ -433,7 +436,7 @@ class RandomHorizontalFlip(BatchOp):
         """``flip``: bool (B,)."""
         return {"flip": bernoulli(shape[0], self.p, generator, device)}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "RandomHorizontalFlip")
         return masked_apply(x, params["flip"], lambda v: v.flip(-1))
 
@@ -457,7 +460,7 @@ class RandomTranslate(BatchOp):
         shift = torch.floor(u * span).long() - self.max_pixels
         return {"dy": shift[:, 0], "dx": shift[:, 1]}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "RandomTranslate")
         m = self.max_pixels
         batch, channels, height, width = x.shape
@@ -527,7 +530,7 @@ class ColorJitter(BatchOp):
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
         return {**factors, "order": order, "apply": active}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "ColorJitter")
         check_color_channels(x, "ColorJitter")
         rgb = x.shape[1] == 3
@@ -570,7 +573,7 @@ class RandomGrayscale(BatchOp):
         """``gray``: bool (B,)."""
         return {"gray": bernoulli(shape[0], self.p, generator, device)}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "RandomGrayscale")
         check_color_channels(x, "RandomGrayscale")
         if x.shape[1] == 1:
@@ -611,7 +614,7 @@ class GaussianBlur(BatchOp):
         active = bernoulli(batch, self.p, generator, device)
         return {"sigma": uniform((batch,), *self.sigma, generator, device), "apply": active}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "GaussianBlur")
         height, width = x.shape[-2:]
         k = self.kernel_size(height, width)
@@ -660,7 +663,7 @@ class Cutout(BatchOp):
         side = u[:, 0] * (self.max_frac * min(height, width))
         return {"side": side, "cy": u[:, 1] * height, "cx": u[:, 2] * width}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "Cutout")
         height, width = x.shape[-2:]
         half = params["side"].to(x.dtype).view(-1, 1) / 2
@@ -690,7 +693,7 @@ class GaussianNoise(BatchOp):
         """``noise``: standard normal draws of ``shape``."""
         return {"noise": torch.randn(tuple(shape), generator=generator, device=device)}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         return x + self.std * params["noise"].to(x.dtype)
 
 
@@ -707,7 +710,7 @@ class FeatureDropout(BatchOp):
         """``drop``: bool mask of ``shape``."""
         return {"drop": torch.rand(tuple(shape), generator=generator, device=device) < self.p}
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         return x * (~params["drop"]).to(x.dtype)
 
 
@@ -721,6 +724,10 @@ class BatchAugment(nn.Module):
     Float inputs are used as they are. ``mean``/``std`` (per channel for images, per
     feature for tabular data) normalise the result when given.
     """
+
+    # buffers (register_buffer in __init__), declared for the type checker
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self, ops: Sequence[BatchOp], mean: Sequence[float] = (), std: Sequence[float] = ()
@@ -751,6 +758,7 @@ class BatchAugment(nn.Module):
         """The parameters of every op for a batch of ``shape``, drawn in op order."""
         params = []
         for op in self.ops:
+            assert isinstance(op, BatchOp)  # checked in __init__
             params.append(op.sample_params(shape, generator, device))
             shape = op.output_shape(shape)
         return params
@@ -764,7 +772,10 @@ class BatchAugment(nn.Module):
         random draws stay eager: a compiled graph cannot take a ``torch.Generator``). Meant
         for CUDA, where it fuses the ops' many small kernels; on CPU the eager ops gather
         only the samples an op applies to, which a compiled graph cannot."""
-        self.transform = torch.compile(BatchAugment.transform.__get__(self), mode=mode)
+        # an instance attribute in place of the method, on purpose
+        self.transform = torch.compile(  # type: ignore[method-assign]
+            BatchAugment.transform.__get__(self), mode=mode
+        )
 
     def transform(self, x: Tensor, params: Sequence[Params]) -> Tensor:
         """The recipe with explicit per-op ``params`` (deterministic)."""
@@ -773,6 +784,7 @@ class BatchAugment(nn.Module):
         elif not x.is_floating_point():
             raise ValueError(f"BatchAugment expects uint8 or float inputs, got {x.dtype}")
         for op, op_params in zip(self.ops, params, strict=True):
+            assert isinstance(op, BatchOp)  # checked in __init__
             x = op.apply(x, op_params)
         if self.mean.numel():
             if x.dim() < 2 or x.shape[1] != self.mean.numel():

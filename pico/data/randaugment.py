@@ -241,7 +241,7 @@ class RandAugment(BatchOp):
         )
         return torch.stack(rows, 1)
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
         check_images(x, "RandAugment")
         check_color_channels(x, "RandAugment")
         height, width = x.shape[-2:]
