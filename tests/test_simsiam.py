@@ -169,7 +169,8 @@ def test_method_config_builds_and_runs_on_tiny_data() -> None:
 
 def test_trainer_keeps_the_predictor_lr_and_resumes_exactly(make_config, tmp_path) -> None:
     common = [*SMALL, "trainer.epochs=4", "trainer.embedding_figure=false"]
-    run_training(make_config(*common, "trainer.keep_last=4", "eval.linear_probe=false"))
+    cfg = make_config(*common, "trainer.keep_last=4", "eval.linear_probe=false")
+    run_training(cfg)
     mid = tmp_path / "mid.pt"
     shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
     run_training(
@@ -182,7 +183,8 @@ def test_trainer_keeps_the_predictor_lr_and_resumes_exactly(make_config, tmp_pat
         assert_same_tensors(a[key], b[key], key)
     scheduled, fixed = a["optimizer"]["param_groups"]
     assert scheduled["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decayed to zero
-    assert fixed["lr"] == fixed["initial_lr"] == pytest.approx(0.05) and fixed[FIXED_LR]
+    base = cfg.trainer.optimizer.lr
+    assert fixed["lr"] == fixed["initial_lr"] == pytest.approx(base) and fixed[FIXED_LR]
 
 
 def test_digits_runs_use_the_tuned_head_widths() -> None:

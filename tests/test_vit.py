@@ -17,7 +17,11 @@ from pico.models.factory import build_backbone
 from pico.models.vit import VisionTransformer, default_patch_size
 
 TINY_VIT = ["model.width=16", "model.depth=1", "model.heads=2"]
-METHODS = sorted(path.stem for path in (CONFIGS / "method").glob("*.yaml"))
+#: methods that cannot run on a ViT, and why
+NOT_ON_VIT = {"dim": "DIM reads a (B, C, H, W) feature map (method.local_layer); a ViT has tokens"}
+METHODS = sorted(
+    path.stem for path in (CONFIGS / "method").glob("*.yaml") if path.stem not in NOT_ON_VIT
+)
 
 
 def _model_config(name: str, *overrides: str):
