@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -140,7 +140,7 @@ def run_header(cfg: DictConfig, exp: Experiment, run_dir: Path) -> str:
     bundle, trainer = exp.bundle, cfg.trainer
     method = _short(cfg.method._target_)
     if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("method"):
-        method += f" (method={HydraConfig.get().runtime.choices.method})"
+        method += f" (method={HydraConfig.get().runtime.choices['method']})"
     given = cfg.data.get("candidates")
     candidates = "none (the labels as they are)"
     if bundle.train.candidates is not None:
@@ -232,9 +232,22 @@ def apply_data_overrides(data: DictConfig, given: Mapping[str, Any], prefix: str
             continue
         data[key] = value
         source = data.get("source") if prefix == "data" else None
-        follows = isinstance(source, DictConfig) and key in source and key != "source"
-        if follows and key not in given.get("source", {}) and _plain(source[key]) == _plain(old):
+        if (
+            isinstance(source, DictConfig)  # follows data.KEY unless data.source.KEY is given
+            and key in source
+            and key != "source"
+            and key not in given.get("source", {})
+            and _plain(source[key]) == _plain(old)
+        ):
             source[key] = value
+
+
+def _data_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.`` overrides of a pico-eval / pico-export / pico-predict config, plain."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data, dict)  # cfg.data is a mapping (``data: {}`` in the config)
+    # keys from Hydra overrides are strings; OmegaConf types them as any DictKeyType
+    return cast(dict[str, Any], data)
 
 
 def _flat(given: Mapping[str, Any], prefix: str = "data") -> dict[str, Any]:
@@ -450,7 +463,7 @@ def evaluate() -> None:
 @exit_on_user_error
 def evaluate_main(cfg: DictConfig) -> None:
     """The Hydra application behind ``pico-eval``."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = _data_overrides(cfg)
     run_evaluation(cfg.checkpoint, cfg.device, cfg.parts, data, cfg.get("out"))
 
 
@@ -465,7 +478,7 @@ def export() -> None:
 @exit_on_user_error
 def export_main(cfg: DictConfig) -> None:
     """The Hydra application behind ``pico-export``."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = _data_overrides(cfg)
     formats = _plain(cfg.formats)
     run_export(cfg.checkpoint, cfg.out, cfg.parts, formats, data)
 
@@ -482,5 +495,5 @@ def predict_main(cfg: DictConfig) -> None:
     """The Hydra application behind ``pico-predict``."""
     from pico.predict import run_prediction
 
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = _data_overrides(cfg)
     run_prediction(cfg.checkpoint, cfg.input, cfg.out, cfg.batch_size, data)

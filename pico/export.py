@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from pico.data.augment import BatchAugment, build_augment
 from pico.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pico.engine.method import Method
 
 EXPORT_FORMAT = "pico-export"
 EXPORT_VERSION = 1
@@ -68,6 +69,8 @@ class RawInput(nn.Module):
 
     kind: str
     input_shape: list[int]
+    feature_shift: Tensor
+    feature_scale: Tensor
 
     def __init__(
         self,
@@ -218,10 +221,7 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
         "feature_shift": shift,
         "feature_scale": scale,
         "test_recipe": _resolved(cfg.aug.test) or [],
-        "image_resize": {
-            "size": cfg.data.get("image_size"),
-            "keep_aspect": bool(cfg.data.get("keep_aspect", False)),
-        },
+        "image_resize": _image_resize(cfg.data),
         "model": _resolved(cfg.model),
         "backbone": {k: v.detach().clone() for k, v in backbone.state_dict().items()},
         "classifier": (
@@ -230,14 +230,25 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
     }
 
 
-def _classifier(method: nn.Module, probe: Tensor, preprocess: BatchAugment) -> nn.Module | None:
+def _image_resize(data_cfg: DictConfig) -> dict[str, Any]:
+    """The loader's ``image_size`` and ``keep_aspect`` (in ``data`` or ``data.source``)."""
+    source = data_cfg.get("source") or {}
+
+    def key(name: str) -> Any:
+        return data_cfg.get(name, source.get(name) if isinstance(source, DictConfig) else None)
+
+    size = key("image_size")
+    return {"size": int(size) if size else None, "keep_aspect": bool(key("keep_aspect"))}
+
+
+def _classifier(method: Method, probe: Tensor, preprocess: BatchAugment) -> nn.Module | None:
     """The method's ``classifier`` head, checked to give its logits on ``probe``; ``None``
     for a method without logits."""
     if len(probe) == 0:
         return None
     x = preprocess(probe)
     with torch.no_grad():
-        logits = method.logits(x)  # type: ignore[operator]
+        logits = method.logits(x)
         if logits is None:
             return None
         head = getattr(method, "classifier", None)

@@ -15,11 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pico.data.folder import IMAGE_SUFFIXES, decode_images
 from pico.engine.checkpoint import CheckpointError, load_checkpoint
-from pico.export import EXPORT_FORMAT, export_state, load_exported, load_torchscript
+from pico.export import (
+    EXPORT_FORMAT,
+    Predictor,
+    export_state,
+    load_exported,
+    load_torchscript,
+)
 
 TABULAR_SUFFIXES = (".csv", ".npy")
 
@@ -34,7 +40,9 @@ def is_torchscript(path: str | Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def load_predictor(checkpoint: str | Path, data: Mapping[str, Any] | None = None) -> nn.Module:
+def load_predictor(
+    checkpoint: str | Path, data: Mapping[str, Any] | None = None
+) -> Predictor | torch.jit.ScriptModule:
     """The model of ``checkpoint`` in eval mode, taking raw inputs: a pico-train checkpoint
     (rebuilt with its data config, which ``data`` changes as for ``pico-eval``), a
     pico-export state dict, or a pico-export TorchScript file. It has the attributes
@@ -73,7 +81,9 @@ def _image_files(root: Path) -> list[Path]:
     )
 
 
-def read_inputs(source: str | Path, model: nn.Module) -> tuple[list[str], Tensor]:
+def read_inputs(
+    source: str | Path, model: Predictor | torch.jit.ScriptModule
+) -> tuple[list[str], Tensor]:
     """The inputs of ``source`` for ``model`` (see :func:`load_predictor`), and a name for
     each: file paths relative to the folder (images), or row numbers from 0 (tabular)."""
     path = Path(source)
@@ -179,7 +189,9 @@ def _read_csv_rows(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> Tensor:
+def predict_proba(
+    model: Predictor | torch.jit.ScriptModule, inputs: Tensor, batch_size: int = 256
+) -> Tensor:
     """Softmax class probabilities (N, C) of ``model`` on raw ``inputs``, in batches."""
     if str(model.output) != "logits":
         raise ValueError(
