@@ -425,7 +425,7 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[list[str], bool]:
     if unknown or not names:
         raise ValueError(
             f"formats={','.join(names)} names unknown formats {unknown}; choose from "
-            f"all, {', '.join(FORMATS)} (comma-separated, e.g. formats=state,torchscript)"
+            f"all, {', '.join(FORMATS)} (a list, e.g. formats=[state,torchscript])"
         )
     return list(dict.fromkeys(names)), "onnx" in names
 

@@ -281,3 +281,17 @@ def test_pico_predict_help():
         out.stdout
     )
     assert "powered by Hydra" not in out.stdout
+
+
+def test_pico_export_command_line_formats_and_parts(digits, tmp_path):
+    checkpoint, _ = digits
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [BIN / "pico-export", f"checkpoint={checkpoint}", "out=m.pt", "formats=[torchscript]"]
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "written m.ts (torchscript)" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ts"]
+    args = [BIN / "pico-export", f"checkpoint={checkpoint}", "out=b.pt", "parts=everything"]
+    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "pico: error: parts=everything is unknown; choose one of all, backbone" in out.stderr
