@@ -4,6 +4,7 @@ for the method tests (1x4x4 inputs, a few rows), importable with ``from conftest
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,43 @@ def make_config(tmp_path):
             return compose("train", overrides=[*base, f"run_dir={tmp_path / run_dir}", *overrides])
 
     return make
+
+
+def assert_same_tensors(a, b, where=""):
+    """Every tensor in two nested checkpoint structures is identical."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_exact_resume(make_config, tmp_path: Path, *overrides: str) -> dict:
+    """Train 4 epochs with ``overrides``, resume a copy of the epoch-2 checkpoint into
+    another run directory, and check that both runs end with identical method, optimizer,
+    scheduler and RNG state, step, history and best record; returns the uninterrupted
+    run's final checkpoint."""
+    from pico.cli import run_training
+    from pico.engine.checkpoint import load_checkpoint
+
+    common = [*overrides, "trainer.epochs=4", "trainer.embedding_figure=false"]
+    run_training(make_config(*common, "trainer.keep_last=4"))
+    mid = tmp_path / "mid.pt"
+    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
+    run_training(make_config(*common, f"resume={mid}", run_dir="resumed"))
+    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
+        assert_same_tensors(a[key], b[key], key)
+    return a
 
 
 def tiny_backbone(out_dim: int = 32, relu: bool = False) -> nn.Module:

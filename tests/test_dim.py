@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
-from conftest import method_config, step_info, tiny_backbone, tiny_images, tiny_task
+from conftest import (
+    assert_exact_resume,
+    method_config,
+    step_info,
+    tiny_backbone,
+    tiny_images,
+    tiny_task,
+)
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from test_train import assert_same_tensors
 from torch import Tensor
 
 from baselines.dim import DIM
-from pico.cli import run_training
 from pico.core.losses import jsd_mi_loss
-from pico.engine.checkpoint import load_checkpoint
 from pico.engine.method import Batch
 from pico.models.convnet import SmallConvNet
 
@@ -128,15 +130,5 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
         "method=dim",
         "method.embed_dim=32",
         "method.estimator=infonce",
-        "trainer.epochs=4",
-        "trainer.embedding_figure=false",
     ]
-    run_training(make_config(*common, "trainer.keep_last=4"))
-    mid = tmp_path / "mid.pt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
-    run_training(make_config(*common, f"resume={mid}", run_dir="resumed"))
-    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 4
-    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
-        assert_same_tensors(a[key], b[key], key)
+    assert_exact_resume(make_config, tmp_path, *common)

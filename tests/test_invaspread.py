@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import (
+    assert_exact_resume,
     build_method,
     method_config,
     noisy_views,
@@ -20,13 +20,10 @@ from conftest import (
     tiny_task,
 )
 from hydra import compose, initialize_config_module
-from test_train import assert_same_tensors
 from torch import Tensor, nn
 
 from baselines.invaspread import InvaSpread
-from pico.cli import run_training
 from pico.core.losses import invaspread_loss
-from pico.engine.checkpoint import load_checkpoint
 from pico.engine.method import Batch
 
 DT = torch.float64
@@ -205,13 +202,5 @@ def test_digits_run_composes_with_knn_linear_probe_the_paper_optimizer_and_tunin
 
 
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, tmp_path) -> None:
-    common = ["method=invaspread", "trainer.epochs=4", "trainer.embedding_figure=false"]
-    run_training(make_config(*common, "trainer.keep_last=4"))
-    mid = tmp_path / "mid.pt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
-    run_training(make_config(*common, f"resume={mid}", run_dir="resumed"))
-    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 4
-    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
-        assert_same_tensors(a[key], b[key], key)
+    common = ["method=invaspread"]
+    assert_exact_resume(make_config, tmp_path, *common)

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 
 import pytest
 import torch
-from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
+from conftest import (
+    assert_exact_resume,
+    build_method,
+    method_config,
+    step_info,
+    tiny_backbone,
+    tiny_batch,
+    tiny_task,
+)
 from hydra import compose, initialize_config_module
-from test_train import assert_same_tensors
 from torch import nn
 
 from baselines.mocov3 import MoCoV3, mocov3_loss
-from pico.cli import run_training
-from pico.engine.checkpoint import load_checkpoint
 from pico.models.vit import VisionTransformer
 
 SMALL = ["method=mocov3", "method.proj_hidden=32", "method.pred_hidden=32", "method.proj_dim=16"]
@@ -190,18 +194,8 @@ def test_method_config_builds_and_runs_on_tiny_data() -> None:
 
 
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, tmp_path) -> None:
-    common = [*SMALL, "trainer.epochs=4", "trainer.embedding_figure=false"]
-    run_training(make_config(*common, "trainer.keep_last=4", "eval.linear_probe=false"))
-    mid = tmp_path / "mid.pt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
-    run_training(
-        make_config(*common, "eval.linear_probe=false", f"resume={mid}", run_dir="resumed")
-    )
-    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 4
-    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
-        assert_same_tensors(a[key], b[key], key)
+    common = [*SMALL]
+    assert_exact_resume(make_config, tmp_path, *common, "eval.linear_probe=false")
 
 
 def test_digits_runs_use_the_tuned_head_widths() -> None:

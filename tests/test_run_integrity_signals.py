@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import assert_same_tensors
+from conftest import assert_same_tensors
 
 import pico.pll.proden
 from pico.cli import run_training

@@ -4,19 +4,23 @@ learning rate (the trainer's ``fixed_lr`` parameter groups) and exact resume."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
-from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
+from conftest import (
+    assert_exact_resume,
+    build_method,
+    method_config,
+    step_info,
+    tiny_backbone,
+    tiny_batch,
+    tiny_task,
+)
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from test_train import assert_same_tensors
 from torch import nn
 
 from baselines.simsiam import SimSiam, negative_cosine
-from pico.cli import run_training
-from pico.engine.checkpoint import load_checkpoint
 from pico.engine.method import FIXED_LR
 from pico.engine.optim import build_optimizer, warmup_cosine
 
@@ -168,22 +172,11 @@ def test_method_config_builds_and_runs_on_tiny_data() -> None:
 
 
 def test_trainer_keeps_the_predictor_lr_and_resumes_exactly(make_config, tmp_path) -> None:
-    common = [*SMALL, "trainer.epochs=4", "trainer.embedding_figure=false"]
-    cfg = make_config(*common, "trainer.keep_last=4", "eval.linear_probe=false")
-    run_training(cfg)
-    mid = tmp_path / "mid.pt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
-    run_training(
-        make_config(*common, "eval.linear_probe=false", f"resume={mid}", run_dir="resumed")
-    )
-    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 4
-    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
-        assert_same_tensors(a[key], b[key], key)
+    common = [*SMALL]
+    a = assert_exact_resume(make_config, tmp_path, *common, "eval.linear_probe=false")
     scheduled, fixed = a["optimizer"]["param_groups"]
     assert scheduled["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decayed to zero
-    base = cfg.trainer.optimizer.lr
+    base = make_config(*SMALL).trainer.optimizer.lr
     assert fixed["lr"] == fixed["initial_lr"] == pytest.approx(base) and fixed[FIXED_LR]
 
 

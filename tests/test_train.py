@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import assert_same_tensors
 
 from pico.cli import run_evaluation, run_export, run_training
 from pico.engine.checkpoint import load_checkpoint
@@ -34,22 +35,6 @@ def test_pico_eval_recomputes_final_metrics(make_config, tmp_path):
     for key in ("test/top1", "val/approx_acc"):
         assert metrics[key] == pytest.approx(final[key], abs=1e-6)
     assert (tmp_path / "run" / "eval.json").is_file()
-
-
-def assert_same_tensors(a, b, where=""):
-    """Every tensor in two nested checkpoint structures is identical."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_tensors(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 METHODS = [
