@@ -307,7 +307,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     if parts == "all":
         print("t-SNE of the test features for embedding.png (parts=classifier skips it)")
-        figure = exp.evaluator.embedding(exp.method)
+        figure = exp.evaluator.embedding(exp.method, epoch=state["epoch"])
         _write_reported(out_dir / "embedding.png", lambda p: save_embedding_png(figure, p))
     record = {"checkpoint": str(path), "epoch": state["epoch"], "parts": parts}
     if changed:

@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from torch import Tensor
 
+from pico.eval.plots import agg_figure, save_png
+
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
@@ -60,15 +62,24 @@ def _class_colours(num_classes: int) -> list[tuple[float, ...]]:
     return [cmap(c / (num_classes - 1)) for c in range(num_classes)]
 
 
+def embedding_title(split: str | None = None, epoch: int | None = None) -> str:
+    """``"t-SNE of test features, epoch 100"``; the split or epoch left out when ``None``."""
+    title = "t-SNE of features" if split is None else f"t-SNE of {split} features"
+    return title if epoch is None else f"{title}, epoch {epoch}"
+
+
 def embedding_figure(
     features: Tensor | np.ndarray,
     labels: Tensor | np.ndarray,
     class_names: list[str],
     seed: int = 0,
     max_points: int = 2000,
+    split: str | None = None,
+    epoch: int | None = None,
 ) -> Figure:
     """Scatter plot of the t-SNE of ``features`` (see :func:`tsne_coordinates`), one colour
-    per class, with a legend of ``class_names`` (label ``c`` is ``class_names[c]``)."""
+    per class, with a legend of ``class_names`` (label ``c`` is ``class_names[c]``), titled
+    with ``split`` and ``epoch`` when given (:func:`embedding_title`)."""
     y = _as_numpy(labels)
     if y.size and (y.min() < 0 or y.max() >= len(class_names)):
         raise ValueError(
@@ -77,7 +88,7 @@ def embedding_figure(
         )
     coords, y = tsne_coordinates(features, y, seed=seed, max_points=max_points)
     colours = _class_colours(len(class_names))
-    fig = Figure(figsize=(6, 5))
+    fig = agg_figure(6, 5)
     ax = fig.add_subplot()
     for c, name in enumerate(class_names):
         mask = y == c
@@ -85,7 +96,8 @@ def embedding_figure(
             ax.scatter(coords[mask, 0], coords[mask, 1], s=6, color=colours[c], label=name)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title("t-SNE of features")
+    shown = "" if len(coords) == len(features) else f" ({len(coords)} of {len(features)} rows)"
+    ax.set_title(embedding_title(split, epoch) + shown)
     columns = -(-len(class_names) // 25)
     ax.legend(
         loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, ncols=columns
@@ -96,7 +108,4 @@ def embedding_figure(
 
 def save_embedding_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG to ``path`` (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
-    return path
+    return save_png(fig, path)

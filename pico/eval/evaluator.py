@@ -252,11 +252,14 @@ class Evaluator:
         return {"test/linear_top1": outcome["linear_top1"]}
 
     @torch.no_grad()
-    def embedding(self, method: Method) -> Figure:
-        """t-SNE of the test split's backbone features, coloured by class."""
+    def embedding(self, method: Method, epoch: int | None = None) -> Figure:
+        """t-SNE of the test split's backbone features, coloured by class, its title naming
+        the split and ``epoch``."""
         with eval_mode(method):
             features = self._run_local(method.features, self.bundle.test)
-        return embedding_figure(features, self.bundle.test.targets, self.bundle.class_names)
+        return embedding_figure(
+            features, self.bundle.test.targets, self.bundle.class_names, split="test", epoch=epoch
+        )
 
     @torch.no_grad()
     def test_confusion(self, method: Method) -> Tensor | None:
