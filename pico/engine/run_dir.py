@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "pico.lock"
 #: what a run writes into its directory (besides config.yaml, rewritten by every run, and
 #: Hydra's own .hydra/ and cli.log): its checkpoints, the loggers' outputs
-#: (pico.engine.loggers), metrics.json and the t-SNE figure, and pico-eval's results
+#: (pico.engine.loggers), metrics.json, the figures (figures/, the t-SNE embedding.png),
+#: and pico-eval's results
 RUN_OUTPUTS = (
     "checkpoints",
     "tensorboard",
@@ -27,6 +28,7 @@ RUN_OUTPUTS = (
     "wandb",
     "mlruns",
     "metrics.json",
+    "figures",
     "embedding.png",
     "eval.json",
 )

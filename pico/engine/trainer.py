@@ -47,7 +47,7 @@ from pico.engine.optim import build_optimizer, scale_weight_decay_, warmup_cosin
 from pico.engine.stop import RunStopped, StopRequest
 from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
-from pico.eval.plots import confusion_figure, curve_figure
+from pico.eval.run_figures import write_confusion_figure, write_history_figures
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ class Trainer:
                 "t-SNE of the test features for embedding.png "
                 "(trainer.embedding_figure=false skips it)"
             )
-            figure = run.evaluator.embedding(run.method)
+            figure = run.evaluator.embedding(run.method, epoch=done)
             save_embedding_png(figure, self.run_dir / "embedding.png")
             run.logger.figure("test/embedding", figure, state["step"])
         # ties go to the later epoch: same validation score, more training
@@ -612,14 +612,11 @@ class Trainer:
                 out[f"epoch/{key}" if key in terms else key] = value
         return out
 
-    @staticmethod
-    def _figures(run: _Run, step: int) -> None:
-        """Confusion matrix and disambiguation curve, at global ``step``."""
+    def _figures(self, run: _Run, step: int) -> None:
+        """Test confusion matrix and history curves (:mod:`pico.eval.run_figures`) of the
+        epoch just ended into ``run_dir/figures`` and the loggers, at global ``step``."""
+        folder, epoch = self.run_dir / "figures", run.state["epoch"]
         matrix = run.evaluator.test_confusion(run.method)
         if matrix is not None:
-            figure = confusion_figure(matrix, run.bundle.class_names)
-            run.logger.figure("test/confusion", figure, step)
-        history = run.state["history"]
-        disamb = [r["train/disamb_acc"] for r in history if "train/disamb_acc" in r]
-        if disamb:
-            run.logger.figure("train/disambiguation", curve_figure(disamb, "disambiguation"), step)
+            write_confusion_figure(folder, matrix, run.bundle.class_names, epoch, run.logger, step)
+        write_history_figures(folder, run.state["history"], run.logger, step)
