@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pico.engine.loader import TensorLoader
     from pico.engine.optim import build_optimizer, warmup_cosine
     from pico.engine.trainer import NonFiniteLossError, Trainer
+    from pico.engine.trainer_config import TrainerConfig
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -32,6 +33,7 @@ __getattr__, __dir__ = lazy_exports(
         "warmup_cosine": "pico.engine.optim",
         "NonFiniteLossError": "pico.engine.trainer",
         "Trainer": "pico.engine.trainer",
+        "TrainerConfig": "pico.engine.trainer_config",
     },
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "TaskInfo",
     "TensorLoader",
     "Trainer",
+    "TrainerConfig",
     "build_optimizer",
     "load_checkpoint",
     "resolve_device",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from pico.engine.method import FIXED_LR
 
 
 def build_optimizer(
-    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: DictConfig
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: DictConfig | Mapping[str, Any]
 ) -> torch.optim.Optimizer:
     """Instantiate ``cfg`` (a partial optimizer config with ``_target_``) on ``params``:
     parameters, or parameter groups (dicts with ``"params"``, as torch optimizers take

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from pico.engine.loggers import RunLoggers, resolve_logger_names
 from pico.engine.method import Batch, Method, StepInfo
 from pico.engine.optim import build_optimizer, scale_weight_decay_, warmup_cosine
 from pico.engine.stop import RunStopped, StopRequest
+from pico.engine.trainer_config import TrainerConfig
 from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
 from pico.eval.run_figures import write_confusion_figure, write_history_figures
@@ -131,9 +133,9 @@ AUTO_RESUME = ("auto", "auto_or_new")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_mode(cfg: DictConfig) -> str:
+def compile_mode(cfg: TrainerConfig | DictConfig) -> str:
     """The ``torch.compile`` mode of ``trainer.compile_mode``, checked."""
-    mode = str(cfg.get("compile_mode", "default"))
+    mode = str(getattr(cfg, "compile_mode", "default"))
     if mode not in COMPILE_MODES:
         raise ValueError(
             f"trainer.compile_mode={mode!r} is not a torch.compile mode; choose one of "
@@ -142,13 +144,13 @@ def compile_mode(cfg: DictConfig) -> str:
     return mode
 
 
-def planned_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
+def planned_epochs(cfg: TrainerConfig | DictConfig, steps_per_epoch: int) -> int:
     """Epochs of the run: ``cfg.epochs``, or with a step budget ``cfg.steps`` as many
     epochs as it takes to make that many optimizer steps; ``cfg.max_steps`` caps either
     (the run ends with the epoch that reaches it). The last epoch is always completed."""
     epochs = int(cfg.epochs)
     for key in ("steps", "max_steps"):
-        value = cfg.get(key)
+        value = getattr(cfg, key, None)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -200,7 +202,8 @@ class Trainer:
     selection on a configured metric, atomic checkpoints, resume, the metric loggers of
     ``cfg.loggers`` (every scalar against the global optimizer step, epoch means once per
     epoch at its last step: see :mod:`pico.engine.loggers`) and a progress bar. ``cfg``
-    is the ``trainer`` config node.
+    is a :class:`~pico.engine.trainer_config.TrainerConfig`, or a dict or OmegaConf node
+    (the ``trainer`` config node) of some of its keys, the others at their defaults.
 
     Under a process group (``torchrun``) every rank runs ``fit``: ``cfg.batch_size`` is
     the global batch, split over the ranks; the training step is DDP-wrapped (gradients
@@ -209,15 +212,17 @@ class Trainer:
     checkpoints, TensorBoard, figures and ``metrics.json``.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, seed: int) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, cfg: TrainerConfig | Mapping[str, Any], run_dir: str | Path, seed: int = 0
+    ) -> None:
+        self.cfg = cfg = TrainerConfig.from_config(cfg)
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.device = resolve_device(cfg.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = is_main_process()
         # refused here, before any data is loaded or anything written
-        self.logger_names = resolve_logger_names(cfg.get("loggers"))
+        self.logger_names = resolve_logger_names(cfg.loggers)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
@@ -313,7 +318,7 @@ class Trainer:
     ) -> _Run:
         """Place the method, build loader, optimizer and schedule, restore a checkpoint."""
         cfg = self.cfg
-        torch.set_num_threads(resolve_threads(cfg.get("threads", "auto"), method, self.device))
+        torch.set_num_threads(resolve_threads(cfg.threads, method, self.device))
         log.info("%d CPU threads", torch.get_num_threads())
         method.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last and bundle.kind == "image":
