@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pico.data.augment import BatchAugment, build_augment
 from pico.data.bundle import DataBundle
@@ -27,18 +27,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Experiment:
-    """The pieces of one run, built from a resolved config."""
+    """The pieces of one run, built from a resolved config (``config``, the ``train``
+    config of :func:`build_experiment`)."""
 
     bundle: DataBundle
     method: Method
     augmenters: dict[str, BatchAugment]
     evaluator: Evaluator
     device: torch.device
+    config: DictConfig | None = None
 
     def fit(self, trainer: Trainer, eval_cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
         """Train with ``trainer`` on these pieces, the best checkpoint chosen by
         ``eval_cfg.select_metric`` and ``select_mode``; ``kwargs`` go to
-        :meth:`~pico.engine.trainer.Trainer.fit` (``config_yaml``, ``resume``)."""
+        :meth:`~pico.engine.trainer.Trainer.fit` (``config_yaml``, ``resume``).
+
+        Without ``config_yaml``, the checkpoints carry :meth:`run_config_yaml`, so
+        ``pico-eval`` takes them."""
+        if "config_yaml" not in kwargs and self.config is not None:
+            kwargs["config_yaml"] = self.run_config_yaml(trainer)
         return trainer.fit(
             self.method,
             self.bundle,
@@ -48,6 +55,17 @@ class Experiment:
             select_mode=eval_cfg.select_mode,
             **kwargs,
         )
+
+    def run_config_yaml(self, trainer: Trainer) -> str:
+        """``config`` resolved as YAML, as the run with ``trainer`` used it: its
+        ``trainer`` node, ``run_dir`` and ``seed`` are the trainer's."""
+        assert self.config is not None, "an Experiment without its config"
+        cfg = OmegaConf.create(OmegaConf.to_container(self.config))  # interpolations kept
+        cfg.run_dir = str(trainer.run_dir)  # before resolving: ${hydra:...} needs a Hydra app
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        cfg.trainer = trainer.cfg.to_dict()
+        cfg.seed = trainer.seed
+        return OmegaConf.to_yaml(cfg)
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
@@ -93,4 +111,4 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     for augmenter in augmenters.values():
         augmenter.to(device)
     evaluator = Evaluator(cfg.eval, bundle, augmenters["test"], device)
-    return Experiment(bundle, method, augmenters, evaluator, device)
+    return Experiment(bundle, method, augmenters, evaluator, device, cfg)
