@@ -6,7 +6,8 @@ losses, the feature queue, the EMA helpers, heads, candidate-set generators and 
 evaluation functions; the subpackages (``pico.pll``, ``pico.core``, ``pico.models``,
 ``pico.data``, ``pico.eval``, ``pico.engine``) hold the rest. ``import pico`` imports
 neither Hydra nor OmegaConf: the parts that read Hydra configs (:class:`Trainer`,
-:class:`Evaluator`, the data loaders) and the self-supervised baselines load on first
+:class:`Evaluator`, the data loaders, :func:`train` and :func:`evaluate`, which run what
+``pico-train`` and ``pico-eval`` run) and the self-supervised baselines load on first
 use::
 
     import pico
@@ -61,7 +62,8 @@ from pico.pll import (
 
 if TYPE_CHECKING:
     from baselines import BYOL, DIM, InstDisc, InvaSpread, MoCo, MoCoV3, SimCLR, SimSiam, byol_loss
-    from pico.engine import Trainer
+    from pico.api import Evaluation, evaluate, train
+    from pico.engine import Trainer, TrainerConfig
     from pico.eval import Evaluator, linear_probe
     from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
 
@@ -76,7 +78,8 @@ except PackageNotFoundError:
     __version__ = _SOURCE_VERSION
 
 # lazy: the baselines import pico themselves (an eager import here would be a cycle), the
-# trainer and evaluator read Hydra configs, the ResNets import torchvision (seconds)
+# trainer, evaluator and the train/evaluate entry points read Hydra configs, the ResNets
+# import torchvision (seconds)
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
@@ -90,6 +93,10 @@ __getattr__, __dir__ = lazy_exports(
         "SimSiam": "baselines",
         "byol_loss": "baselines",
         "Trainer": "pico.engine",
+        "TrainerConfig": "pico.engine",
+        "Evaluation": "pico.api",
+        "evaluate": "pico.api",
+        "train": "pico.api",
         "Evaluator": "pico.eval",
         "linear_probe": "pico.eval",
         "cifar_resnet": "pico.models",
@@ -109,6 +116,7 @@ __all__ = [
     "RC",
     "Batch",
     "CandidateError",
+    "Evaluation",
     "Evaluator",
     "FeatureQueue",
     "InstDisc",
@@ -126,6 +134,7 @@ __all__ = [
     "Supervised",
     "TaskInfo",
     "Trainer",
+    "TrainerConfig",
     "VisionTransformer",
     "__version__",
     "approximated_accuracy",
@@ -135,6 +144,7 @@ __all__ = [
     "cosine_momentum",
     "covering_rate",
     "ema_update_",
+    "evaluate",
     "feature_dim",
     "generate_candidates",
     "imagenet_resnet",
@@ -153,6 +163,7 @@ __all__ = [
     "sup_con",
     "sup_con_from_labels",
     "topk_accuracy",
+    "train",
     "triplet_loss",
     "triplet_loss_from_labels",
     "uniform_candidates",

@@ -1,15 +1,15 @@
 """Command-line entry points: ``pico-train``, ``pico-eval``, ``pico-export`` and
-``pico-predict`` (Hydra)."""
+``pico-predict`` (Hydra), over the Python entry points of :mod:`pico.api`,
+:mod:`pico.export` and :mod:`pico.predict`: argument handling, what each prints, exit
+codes."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,38 +20,16 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from pico.core.distributed import broadcast_object, is_main_process
-from pico.engine.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    remove_stale_temporaries,
-)
+from pico import api
+from pico.core.distributed import is_main_process
+from pico.engine.checkpoint import load_checkpoint
 from pico.engine.distributed_run import env_world_size, process_group
-from pico.engine.fingerprint import check_allow_changes, check_resume, run_fingerprint
-from pico.engine.run_dir import (
-    RunDirError,
-    clear_outputs,
-    finished_outputs,
-    refuse_overwrite,
-    run_dir_lock,
-)
 from pico.engine.stop import RunStopped
-from pico.engine.trainer import AUTO_RESUME, NonFiniteLossError, Trainer, set_determinism
-from pico.engine.validate import validate_train_config
-from pico.eval.embedding import save_embedding_png
-from pico.experiment import Experiment, build_experiment
-from pico.pll.candidates import candidate_summary
+from pico.engine.trainer import NonFiniteLossError
 from pico.sweep import register_resolver
 
 CONFIG_PATH = "pkg://pico.configs"
 USER_ERRORS = (ValueError, FileNotFoundError, MissingMandatoryValue, NonFiniteLossError)
-EVAL_PARTS = {
-    "all": {"classifier", "knn", "linear"},
-    "classifier": {"classifier"},
-    "prototype": {"classifier"},
-    "knn": {"knn"},
-    "linear": {"linear"},
-}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -70,202 +48,21 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train as configured by ``cfg`` (the composed ``train`` config); return the results.
-
-    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this: the process group
-    is set up from the environment for the run and destroyed after it (a group that
-    already exists is used as it is), and every rank uses rank 0's ``run_dir``.
-    """
+    """:func:`pico.api.train` with what ``pico-train`` prints: the run header before
+    training, and at the end (rank 0) the run directory, speed and the final and best
+    metrics."""
     with process_group(cfg.trainer.device):
-        return _train(cfg)
-
-
-@contextlib.contextmanager
-def _claimed_run_dir(cfg: DictConfig) -> Iterator[Path]:
-    """Rank 0's ``cfg.run_dir`` on every rank, created and locked by rank 0 for the block
-    (:func:`~pico.engine.run_dir.run_dir_lock`); a failure is raised on every rank.
-
-    A non-zero rank whose own (Hydra-made) folder differs, as when ranks resolved the
-    default timestamp a second apart, removes it when it is empty.
-    """
-    own = str(cfg.run_dir)
-    cfg.run_dir = broadcast_object(own)
-    run_dir = Path(cfg.run_dir)
-    with contextlib.ExitStack() as stack:
-        problem = None
-        if is_main_process():
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(run_dir_lock(run_dir))
-            except OSError as err:
-                problem = (
-                    f"run_dir={run_dir} is not writable ({err.strerror or err}); "
-                    "pass run_dir=DIR for a folder you can write to"
-                )
-            except RunDirError as err:
-                problem = str(err)
-        elif own != cfg.run_dir:
-            with contextlib.suppress(OSError):
-                Path(own).rmdir()
-        problem = broadcast_object(problem)
-        if problem:
-            raise RunDirError(problem)
-        yield run_dir
-
-
-def _resume_point(trainer: Trainer, cfg: DictConfig) -> Path | None:
-    """The checkpoint to resume from, chosen by rank 0 for every rank; a fresh run in a
-    directory holding an earlier run is refused unless ``overwrite=true``."""
-    outcome: Path | ValueError | None = None
-    if is_main_process():
-        try:
-            outcome = trainer.resume_path(cfg.resume)
-            if outcome is None and cfg.resume not in AUTO_RESUME:
-                refuse_overwrite(trainer.run_dir, bool(cfg.get("overwrite", False)))
-        except ValueError as err:
-            outcome = err
-    outcome = broadcast_object(outcome)
-    if isinstance(outcome, ValueError):
-        raise outcome
-    return outcome
-
-
-def _short(target: str) -> str:
-    return target.rsplit(".", 1)[-1]
-
-
-def run_header(cfg: DictConfig, exp: Experiment, run_dir: Path) -> str:
-    """The lines a run prints at its start: method, data, model, candidate sets, budget,
-    device and run directory (``print_config=true`` prints the whole config instead)."""
-    bundle, trainer = exp.bundle, cfg.trainer
-    method = _short(cfg.method._target_)
-    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("method"):
-        method += f" (method={HydraConfig.get().runtime.choices['method']})"
-    given = cfg.data.get("candidates")
-    candidates = "none (the labels as they are)"
-    if bundle.train.candidates is not None:
-        stats = candidate_summary(bundle.train.candidates)
-        made = "from the data" if given is None else " ".join(f"{k}={v}" for k, v in given.items())
-        candidates = (
-            f"{made}: mean set size {stats['mean_size']:.2f} of {bundle.num_classes} "
-            f"(min {int(stats['min_size'])}, max {int(stats['max_size'])})"
-        )
-    parameters = sum(p.numel() for p in exp.method.parameters())
-    steps = trainer.get("steps")
-    budget = f"{steps} steps" if steps else f"{trainer.epochs} epoch{'s' * (trainer.epochs != 1)}"
-    lines = {
-        "method": method,
-        "data": bundle.summary(),
-        "candidates": candidates,
-        "model": f"{_short(cfg.model._target_)}, {parameters:,} parameters with the heads",
-        "training": f"{budget}, batch {trainer.batch_size}, seed {cfg.seed}",
-        "device": str(exp.device),
-        "run_dir": f"{run_dir} (config.yaml: the whole config; print_config=true prints it)",
-    }
-    return "\n".join(f"{key:<11} {value}" for key, value in lines.items()) + "\n"
-
-
-def _train(cfg: DictConfig) -> dict[str, Any]:
-    """Claim the run directory, check a resume against the checkpoint's fingerprint, and
-    only then write into the directory and train."""
-    validate_train_config(cfg)
-    allowed = check_allow_changes(cfg.get("allow_changes") or [])
-    set_determinism(cfg.trainer.deterministic)
-    torch.manual_seed(cfg.seed)
-    main = is_main_process()
-    with _claimed_run_dir(cfg) as run_dir:
-        trainer = Trainer(cfg.trainer, run_dir, cfg.seed)
-        resume = _resume_point(trainer, cfg)
-        exp = build_experiment(cfg)
-        fingerprint = run_fingerprint(cfg, exp.bundle)
-        if resume is not None:
-            stored = load_checkpoint(resume).get("fingerprint")
-            check_resume(resume, stored, fingerprint, allowed)
-        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        if main:
-            if resume is None and finished_outputs(run_dir):
-                clear_outputs(run_dir)  # overwrite=true, or resume=auto_or_new found none good
-            remove_stale_temporaries(trainer.ckpt_dir)
-            (run_dir / "config.yaml").write_text(config_yaml)
-            print(config_yaml if cfg.get("print_config", False) else run_header(cfg, exp, run_dir))
-        result = exp.fit(
-            trainer,
-            cfg.eval,
-            config_yaml=config_yaml,
-            resume=str(resume) if resume else None,
-            fingerprint=fingerprint,
-        )
-    if not main:
-        return result
+        result = api.train(cfg, announce=print)
+        if not is_main_process():
+            return result
     rows = {"final": result["final"]}
     if result["best"]:
         rows[f"best (epoch {result['best']['epoch']})"] = result["best"]
-    print(f"\nrun directory: {run_dir}")
+    print(f"\nrun directory: {result['run_dir']}")
     print(f"best checkpoint chosen by {cfg.eval.select_metric} ({cfg.eval.select_mode})")
     print(f"{result['images_per_second']:.0f} images/s, {result['train_seconds']:.1f} s\n")
     print(format_table(rows))
     return result
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
-
-
-def apply_data_overrides(data: DictConfig, given: Mapping[str, Any], prefix: str = "data") -> None:
-    """Set ``given`` (nested, as ``data.KEY=VALUE`` overrides arrive) on a run's stored
-    ``data`` config; a key the stored config lacks is a ``ValueError``.
-
-    The stored config is resolved, and the data configs hand their keys to the loader by
-    interpolation (``source: {root: ${..root}}``): a ``data.source.KEY`` that held the
-    same value as ``data.KEY`` follows the new value, unless it is given itself.
-    """
-    for key, value in given.items():
-        name = f"{prefix}.{key}"
-        if key not in data:
-            raise ValueError(
-                f"{name} is not a key of the checkpoint's data config; its keys there: "
-                f"{', '.join(str(k) for k in data)}"
-            )
-        old = data[key]
-        if isinstance(old, DictConfig) and isinstance(value, Mapping):
-            apply_data_overrides(old, value, name)
-            continue
-        data[key] = value
-        source = data.get("source") if prefix == "data" else None
-        if (
-            isinstance(source, DictConfig)  # follows data.KEY unless data.source.KEY is given
-            and key in source
-            and key != "source"
-            and key not in given.get("source", {})
-            and _plain(source[key]) == _plain(old)
-        ):
-            source[key] = value
-
-
-def _data_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """The ``data.`` overrides of a pico-eval / pico-export / pico-predict config, plain."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    assert isinstance(data, dict)  # cfg.data is a mapping (``data: {}`` in the config)
-    # keys from Hydra overrides are strings; OmegaConf types them as any DictKeyType
-    return cast(dict[str, Any], data)
-
-
-def _flat(given: Mapping[str, Any], prefix: str = "data") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in given.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{prefix}.{key}"))
-        else:
-            out[f"{prefix}.{key}"] = value
-    return out
-
-
-def _write_reported(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Write ``path`` with ``write`` and say so: ``replaced`` when a file was there."""
-    existed = path.exists()
-    write(path)
-    print(f"{'replaced' if existed else 'written'} {path}")
-    return path
 
 
 def run_evaluation(
@@ -275,48 +72,29 @@ def run_evaluation(
     data: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
 ) -> dict[str, float]:
-    """Rebuild the run of ``checkpoint`` from its stored config and evaluate it.
+    """:func:`pico.api.evaluate` with what ``pico-eval`` prints: the metrics table and
+    each file written (``replaced`` where one was there); returns the metrics."""
+    out_dir = api.eval_dir(checkpoint, out)
+    existed = {name: (out_dir / name).exists() for name in ("embedding.png", "eval.json")}
+    result = api.evaluate(checkpoint, device, parts, data, out, announce=print)
 
-    ``parts`` is ``all`` or one of ``classifier`` (classifier head and label-free metrics),
-    ``prototype`` (the same, for prototype accuracy), ``knn`` or ``linear``. ``all`` also
-    writes the t-SNE figure ``embedding.png``. ``data`` changes the stored data config
-    (:func:`apply_data_overrides`), e.g. ``{"root": DIR}`` after the data moved. Results
-    go to ``eval.json`` in ``out`` (default: the run directory, beside ``checkpoints/``);
-    a file already there is replaced, and the replacement is reported.
-    """
-    if parts not in EVAL_PARTS:
-        raise ValueError(f"parts={parts} is unknown; choose one of {sorted(EVAL_PARTS)}")
-    path = Path(checkpoint)
-    state = load_checkpoint(path)
-    if not isinstance(state.get("config"), str) or not isinstance(state.get("method"), dict):
-        raise CheckpointError(
-            f"{path} is not a pico-train checkpoint (it holds no run config and method "
-            "state; a pico-export output holds a model for inference, which pico-predict "
-            "takes); pass run_dir/checkpoints/best.pt or last.pt"
-        )
-    cfg = OmegaConf.create(state["config"])
-    cfg.trainer.device = device
-    changed = _flat(data or {})
-    apply_data_overrides(cfg.data, data or {})
-    exp = build_experiment(cfg)
-    exp.method.load_state_dict(state["method"])
-    exp.method.to(exp.device)
-    metrics = exp.evaluator.evaluate(exp.method, EVAL_PARTS[parts])
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    out_dir = Path(out) if out is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if parts == "all":
-        print("t-SNE of the test features for embedding.png (parts=classifier skips it)")
-        figure = exp.evaluator.embedding(exp.method, epoch=state["epoch"])
-        _write_reported(out_dir / "embedding.png", lambda p: save_embedding_png(figure, p))
-    record = {"checkpoint": str(path), "epoch": state["epoch"], "parts": parts}
-    if changed:
-        record["data_overrides"] = changed
-    text = json.dumps({**record, **metrics}, indent=2)
-    print(format_table({f"epoch {state['epoch']}": metrics}))
+    def report(name: str) -> None:
+        if name in result.files:
+            print(f"{'replaced' if existed[name] else 'written'} {result.files[name]}")
+
+    report("embedding.png")
+    print(format_table({f"epoch {result.epoch}": result.metrics}))
     print()
-    _write_reported(out_dir / "eval.json", lambda p: p.write_text(text))
-    return metrics
+    report("eval.json")
+    return result.metrics
+
+
+def _data_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.`` overrides of a pico-eval / pico-export / pico-predict config, plain."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data, dict)  # cfg.data is a mapping (``data: {}`` in the config)
+    # keys from Hydra overrides are strings; OmegaConf types them as any DictKeyType
+    return cast(dict[str, Any], data)
 
 
 def run_export(
@@ -479,7 +257,9 @@ def export() -> None:
 def export_main(cfg: DictConfig) -> None:
     """The Hydra application behind ``pico-export``."""
     data = _data_overrides(cfg)
-    formats = _plain(cfg.formats)
+    formats = cfg.formats
+    if isinstance(formats, ListConfig):
+        formats = [str(name) for name in formats]
     run_export(cfg.checkpoint, cfg.out, cfg.parts, formats, data)
 
 

@@ -182,7 +182,7 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
     data config as for ``pico-eval``, e.g. ``{"root": DIR}``), to read the class names,
     normalisation and, for tabular data, the z-scoring statistics.
     """
-    from pico.cli import apply_data_overrides
+    from pico.api import apply_data_overrides
     from pico.experiment import build_experiment
 
     path = Path(checkpoint)

@@ -24,7 +24,7 @@ PACKAGES = [
 ]
 #: modules a training loop imports; none may load Hydra or OmegaConf
 LIGHT = ["pico", "pico.pll.pico", "pico.pll", "pico.core", "pico.models", "pico.engine"]
-LIGHT += ["pico.data", "pico.eval", "baselines.moco", "baselines"]
+LIGHT += ["pico.data", "pico.eval", "baselines.moco", "baselines", "pico.engine.trainer_config"]
 PYPROJECT = (Path(__file__).parents[1] / "pyproject.toml").read_text()
 
 
@@ -64,10 +64,13 @@ def test_every_exported_name_resolves(name: str) -> None:
 
 def test_lazy_names_load_on_first_use() -> None:
     from baselines.moco import MoCo
+    from pico.api import evaluate, train
     from pico.engine.trainer import Trainer
+    from pico.engine.trainer_config import TrainerConfig
     from pico.eval.evaluator import Evaluator
 
     assert (pico.MoCo, pico.Trainer, pico.Evaluator) == (MoCo, Trainer, Evaluator)
+    assert (pico.train, pico.evaluate, pico.TrainerConfig) == (train, evaluate, TrainerConfig)
     assert pico.data.load_data.__module__ == "pico.data.sources"
 
 
