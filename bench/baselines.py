@@ -71,7 +71,7 @@ def references(
 ) -> dict[str, dict[str, float]]:
     """kNN and linear-probe test accuracy of raw pixels and of the random-init backbone."""
     cfg = compose_config(seed, overrides, data)
-    torch.manual_seed(seed)  # as pico.cli.run_training does before building anything
+    torch.manual_seed(seed)  # as pico.train does before building anything
     bundle = load_data(cfg.data)
     backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind).eval()
     preprocess = build_augment(cfg.aug.test, bundle.mean, bundle.std)
