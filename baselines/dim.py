@@ -61,6 +61,8 @@ class DIM(Method):
         self.backbone = backbone
         self.local_layer = local_layer
         self.estimator = estimator
+        # the channels are measured with a forward pass on an input of this shape
+        assert task.input_shape is not None, "DIM needs TaskInfo.input_shape"
         channels = self._local_channels(task.input_shape)
         self.local_head = nn.Sequential(
             nn.Conv2d(channels, embed_dim, 1), nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 1)

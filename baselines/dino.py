@@ -98,6 +98,8 @@ class DINO(Method):
     ``norm_last_layer=False`` trains the scale of the last layer's rows.
     """
 
+    center: Tensor  # buffer (register_buffer in __init__), declared for the type checker
+
     def __init__(
         self,
         backbone: nn.Module,

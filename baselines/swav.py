@@ -151,6 +151,7 @@ class SwAV(Method):
         if not use_queue:
             return sinkhorn_knopp(scores, self.epsilon, self.sinkhorn_iterations)
         queue = self.queues[crop]
+        assert isinstance(queue, FeatureQueue)  # self.queues holds FeatureQueues only
         shared = queue.features @ self.prototypes.weight.detach().float().T
         return sinkhorn_knopp(
             scores, self.epsilon, self.sinkhorn_iterations, shared, queue.valid_mask()
@@ -164,6 +165,7 @@ class SwAV(Method):
         loss = swapped_prediction_loss(scores, codes, self.temperature)
         if use_queue:
             for queue, projection in zip(self.queues, z[:2], strict=True):
+                assert isinstance(queue, FeatureQueue)
                 queue.enqueue(gather_no_grad(projection.detach().float()))
         return {"loss": loss}
 

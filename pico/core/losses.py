@@ -149,10 +149,9 @@ def sup_con(
         raise ValueError(f"positive_mask must have shape {shape}, got {tuple(positive_mask.shape)}")
     if positive_mask.dtype != torch.bool and not positive_mask.is_floating_point():
         raise ValueError(f"positive_mask must be bool or floating, got {positive_mask.dtype}")
-    bad_exclude = exclude_mask is not None and (
+    if exclude_mask is not None and (
         exclude_mask.dtype != torch.bool or exclude_mask.shape != shape
-    )
-    if bad_exclude:
+    ):
         raise ValueError(
             f"exclude_mask must be a bool tensor of shape {shape}, got {exclude_mask.dtype} "
             f"{tuple(exclude_mask.shape)}"
