@@ -106,4 +106,8 @@ def test_digit_data_views_never_mirror(data: str) -> None:
             if op._target_.endswith("RandomHorizontalFlip"):
                 assert op.p == 0, (data, name)
         views = build_augment(recipe)(x, torch.Generator().manual_seed(0))
-        assert views.shape == x.shape and torch.isfinite(views).all()
+        assert torch.isfinite(views).all()
+        if name == "local":  # multi-crop: smaller crops of the same images
+            assert views.shape[:2] == x.shape[:2] and views.shape[2] < x.shape[2]
+        else:
+            assert views.shape == x.shape

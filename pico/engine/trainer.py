@@ -622,6 +622,11 @@ class Trainer:
         epoch just ended into ``run_dir/figures`` and the loggers, at global ``step``."""
         folder, epoch = self.run_dir / "figures", run.state["epoch"]
         matrix = run.evaluator.test_confusion(run.method)
-        if matrix is not None:
-            write_confusion_figure(folder, matrix, run.bundle.class_names, epoch, run.logger, step)
-        write_history_figures(folder, run.state["history"], run.logger, step)
+        try:
+            if matrix is not None:
+                write_confusion_figure(
+                    folder, matrix, run.bundle.class_names, epoch, run.logger, step
+                )
+            write_history_figures(folder, run.state["history"], run.logger, step)
+        except OSError as err:  # a figure is not worth the run: the checkpoint decides
+            log.warning("figures of epoch %d not written to %s: %s", epoch, folder, err)

@@ -35,10 +35,17 @@ def agg_figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG to ``path`` (parent folders created); returns the path."""
+    """Write ``fig`` as a PNG to ``path`` (parent folders created); returns the path.
+
+    A failed write (a full disk) removes the partial file and raises the ``OSError``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    try:
+        fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
