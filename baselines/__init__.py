@@ -3,16 +3,16 @@ SimSiam, SwAV, DINO and instance discrimination."""
 
 from __future__ import annotations
 
-from baselines.byol import BYOL, byol_loss
-from baselines.dim import DIM
-from baselines.dino import DINO, DINOHead, dino_loss
-from baselines.instdisc import InstDisc
-from baselines.invaspread import InvaSpread
-from baselines.moco import MoCo
-from baselines.mocov3 import MoCoV3, mocov3_loss
-from baselines.simclr import SimCLR
-from baselines.simsiam import SimSiam, negative_cosine
-from baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
+from pico.baselines.byol import BYOL, byol_loss
+from pico.baselines.dim import DIM
+from pico.baselines.dino import DINO, DINOHead, dino_loss
+from pico.baselines.instdisc import InstDisc
+from pico.baselines.invaspread import InvaSpread
+from pico.baselines.moco import MoCo
+from pico.baselines.mocov3 import MoCoV3, mocov3_loss
+from pico.baselines.simclr import SimCLR
+from pico.baselines.simsiam import SimSiam, negative_cosine
+from pico.baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 
 __all__ = [
     "BYOL",

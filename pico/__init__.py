@@ -61,14 +61,24 @@ from pico.pll import (
 )
 
 if TYPE_CHECKING:
-    from baselines import BYOL, DIM, InstDisc, InvaSpread, MoCo, MoCoV3, SimCLR, SimSiam, byol_loss
     from pico.api import Evaluation, evaluate, train
+    from pico.baselines import (
+        BYOL,
+        DIM,
+        InstDisc,
+        InvaSpread,
+        MoCo,
+        MoCoV3,
+        SimCLR,
+        SimSiam,
+        byol_loss,
+    )
     from pico.engine import Trainer, TrainerConfig
     from pico.eval import Evaluator, linear_probe
     from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
 
 #: the distribution that installs this package (``[project] name`` in pyproject.toml)
-_DISTRIBUTION = "pico"
+_DISTRIBUTION = "pico-pll"
 #: ``[project] version`` in pyproject.toml, for a source tree that is not installed
 _SOURCE_VERSION = "0.1.0"
 
@@ -83,15 +93,15 @@ except PackageNotFoundError:
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "BYOL": "baselines",
-        "DIM": "baselines",
-        "InstDisc": "baselines",
-        "InvaSpread": "baselines",
-        "MoCo": "baselines",
-        "MoCoV3": "baselines",
-        "SimCLR": "baselines",
-        "SimSiam": "baselines",
-        "byol_loss": "baselines",
+        "BYOL": "pico.baselines",
+        "DIM": "pico.baselines",
+        "InstDisc": "pico.baselines",
+        "InvaSpread": "pico.baselines",
+        "MoCo": "pico.baselines",
+        "MoCoV3": "pico.baselines",
+        "SimCLR": "pico.baselines",
+        "SimSiam": "pico.baselines",
+        "byol_loss": "pico.baselines",
         "Trainer": "pico.engine",
         "TrainerConfig": "pico.engine",
         "Evaluation": "pico.api",

@@ -7,7 +7,7 @@
 * ``torchscript`` (``OUT`` with suffix ``.ts``): a :class:`Predictor` as TorchScript
   (``torch.jit.load``; no pico needed), with the metadata as attributes;
 * ``onnx`` (``OUT`` with suffix ``.onnx``): the same model in ONNX, where ``onnx`` and
-  ``onnxscript`` are installed (``pip install 'pico[onnx]'``).
+  ``onnxscript`` are installed (``pip install 'pico-pll[onnx]'``).
 
 Every exported model takes **raw inputs**: images as ``uint8`` (0-255) or float (0-1) in the
 data's layout ``(B, C, H, W)`` (or one ``(C, H, W)`` image), tabular rows as the raw
@@ -40,7 +40,7 @@ EXPORT_FORMAT = "pico-export"
 EXPORT_VERSION = 1
 PARTS = ("all", "backbone")
 FORMATS = ("state", "torchscript", "onnx")
-ONNX_INSTALL = "pip install 'pico[onnx]' (or: pip install onnx onnxscript)"
+ONNX_INSTALL = "pip install 'pico-pll[onnx]' (or: pip install onnx onnxscript)"
 
 #: the keys of the state-dict export and what they hold
 STATE_KEYS = {

@@ -12,7 +12,7 @@ from conftest import step_info, tiny_images, tiny_task
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from baselines.moco import MoCo
+from pico.baselines.moco import MoCo
 from pico.data.augment import build_augment
 from pico.engine.method import Batch
 

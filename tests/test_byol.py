@@ -8,7 +8,7 @@ import torch
 from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
 from torch import nn
 
-from baselines.byol import BYOL, byol_loss
+from pico.baselines.byol import BYOL, byol_loss
 
 
 def _method(seed: int = 0, base_momentum: float = 0.9) -> BYOL:

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import Tensor
 
-from baselines.dim import DIM
+from pico.baselines.dim import DIM
 from pico.core.losses import jsd_mi_loss
 from pico.engine.method import Batch
 from pico.models.convnet import SmallConvNet

@@ -17,7 +17,7 @@ from conftest import (
 )
 from torch import nn
 
-from baselines.dino import DINO, DINOHead, dino_loss
+from pico.baselines.dino import DINO, DINOHead, dino_loss
 from pico.engine.method import Batch, StepInfo
 
 

@@ -131,7 +131,7 @@ def test_state_dict_export_reloads_and_hands_over_the_backbone(digits):
 
 def test_onnx_is_written_or_skipped_with_the_install_line(digits, tmp_path, capsys):
     checkpoint, _ = digits
-    if onnx_available():  # pip install 'pico[onnx]'
+    if onnx_available():  # pip install 'pico-pll[onnx]'
         from onnx.reference import ReferenceEvaluator
 
         result = export_model(checkpoint, tmp_path / "m.pt", formats="onnx")
@@ -145,7 +145,8 @@ def test_onnx_is_written_or_skipped_with_the_install_line(digits, tmp_path, caps
     assert set(result.files) == {"state"} and not result.skipped
     run_export(checkpoint, tmp_path / "all.pt")
     printed = capsys.readouterr().out
-    assert "skipped onnx: onnx/onnxscript are not installed; pip install 'pico[onnx]'" in printed
+    skipped = "skipped onnx: onnx/onnxscript are not installed; pip install 'pico-pll[onnx]'"
+    assert skipped in printed
     assert not (tmp_path / "all.onnx").exists()
     with pytest.raises(ValueError, match=r"onnx.*not installed; pip install"):
         export_model(checkpoint, tmp_path / "m.pt", formats="onnx")

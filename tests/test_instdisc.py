@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import build_method, method_config, step_info, tiny_backbone, tiny_batch, tiny_task
 
-from baselines import instdisc
-from baselines.instdisc import EXACT_MAX_DATA, InstDisc
+from pico.baselines import instdisc
+from pico.baselines.instdisc import EXACT_MAX_DATA, InstDisc
 from pico.engine.method import Batch
 
 INFO = step_info()

@@ -22,7 +22,7 @@ from conftest import (
 from hydra import compose, initialize_config_module
 from torch import Tensor, nn
 
-from baselines.invaspread import InvaSpread
+from pico.baselines.invaspread import InvaSpread
 from pico.core.losses import invaspread_loss
 from pico.engine.method import Batch
 

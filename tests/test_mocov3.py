@@ -20,7 +20,7 @@ from conftest import (
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from baselines.mocov3 import MoCoV3, mocov3_loss
+from pico.baselines.mocov3 import MoCoV3, mocov3_loss
 from pico.models.vit import VisionTransformer
 
 SMALL = ["method=mocov3", "method.proj_hidden=32", "method.pred_hidden=32", "method.proj_dim=16"]

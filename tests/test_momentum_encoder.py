@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import candidate_task, step_info, tiny_images, tiny_task
 from torch import Tensor, nn
 
-from baselines.byol import BYOL
-from baselines.moco import MoCo
+from pico.baselines.byol import BYOL
+from pico.baselines.moco import MoCo
 from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
 from pico.core.momentum_encoder import MomentumEncoder
 from pico.core.queue import FeatureQueue

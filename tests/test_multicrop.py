@@ -12,7 +12,7 @@ from conftest import CONFIGS
 from omegaconf import OmegaConf
 from torch import nn
 
-from baselines.swav import SwAV
+from pico.baselines.swav import SwAV
 from pico.cli import run_training
 from pico.core.multicrop import encode_views, multicrop_views
 from pico.data.augment import build_augment

@@ -20,11 +20,12 @@ PACKAGES = [
     "pico.eval",
     "pico.models",
     "pico.pll",
-    "baselines",
+    "pico.baselines",
 ]
 #: modules a training loop imports; none may load Hydra or OmegaConf
 LIGHT = ["pico", "pico.pll.pico", "pico.pll", "pico.core", "pico.models", "pico.engine"]
-LIGHT += ["pico.data", "pico.eval", "baselines.moco", "baselines", "pico.engine.trainer_config"]
+LIGHT += ["pico.data", "pico.eval", "pico.baselines.moco", "pico.baselines"]
+LIGHT += ["pico.engine.trainer_config"]
 PYPROJECT = (Path(__file__).parents[1] / "pyproject.toml").read_text()
 
 
@@ -63,8 +64,8 @@ def test_every_exported_name_resolves(name: str) -> None:
 
 
 def test_lazy_names_load_on_first_use() -> None:
-    from baselines.moco import MoCo
     from pico.api import evaluate, train
+    from pico.baselines.moco import MoCo
     from pico.engine.trainer import Trainer
     from pico.engine.trainer_config import TrainerConfig
     from pico.eval.evaluator import Evaluator

@@ -17,7 +17,7 @@ from conftest import (
 )
 from torch import nn
 
-from baselines.simclr import SimCLR
+from pico.baselines.simclr import SimCLR
 from pico.core.losses import nt_xent
 from pico.engine.method import Batch
 

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
-from baselines.simsiam import SimSiam, negative_cosine
+from pico.baselines.simsiam import SimSiam, negative_cosine
 from pico.engine.method import FIXED_LR
 from pico.engine.optim import build_optimizer, warmup_cosine
 

@@ -16,7 +16,7 @@ from conftest import (
     tiny_task,
 )
 
-from baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
+from pico.baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 from pico.engine.method import Batch, StepInfo
 
 

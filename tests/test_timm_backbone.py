@@ -1,6 +1,6 @@
 """timm backbones (model=timm): built offline, from local weights, and trained on digits.
 
-Tests that need timm skip when it is not installed (pip install 'pico[timm]'); the
+Tests that need timm skip when it is not installed (pip install 'pico-pll[timm]'); the
 missing-package error is checked either way.
 """
 
@@ -97,7 +97,7 @@ def test_pretrained_true_without_weights_names_the_timm_recipe():
 
 def test_missing_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
-    with pytest.raises(ImportError, match=r"needs the timm package.*pip install 'pico\[timm\]'"):
+    with pytest.raises(ImportError, match=r"needs the timm package.*pip install 'pico-pll\[timm\]'"):
         timm_backbone(TINY)
 
 

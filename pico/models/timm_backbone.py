@@ -1,6 +1,6 @@
 """Backbones from timm (``model=timm model.name=NAME``), built offline.
 
-timm is an optional extra (``pip install 'pico[timm]'``). Nothing is downloaded: a model
+timm is an optional extra (``pip install 'pico-pll[timm]'``). Nothing is downloaded: a model
 is randomly initialised, or starts from a local weights file given as ``weights``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-INSTALL_HINT = "pip install 'pico[timm]' (or pip install timm)"
+INSTALL_HINT = "pip install 'pico-pll[timm]' (or pip install timm)"
 
 
 def import_timm() -> ModuleType:
