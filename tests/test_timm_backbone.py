@@ -97,7 +97,8 @@ def test_pretrained_true_without_weights_names_the_timm_recipe():
 
 def test_missing_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
-    with pytest.raises(ImportError, match=r"needs the timm package.*pip install 'pico-pll\[timm\]'"):
+    install = r"needs the timm package.*pip install 'pico-pll\[timm\]'"
+    with pytest.raises(ImportError, match=install):
         timm_backbone(TINY)
 
 
