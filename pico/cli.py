@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -154,9 +155,28 @@ def exit_on_user_error(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig
                 raise
             message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
             print(f"pico: error: {message}", file=sys.stderr)
+            remove_failed_start(cfg.get("run_dir"))
             sys.exit(2)
 
     return wrapper
+
+
+#: what Hydra writes into a run folder before pico's code runs
+HYDRA_START_FILES = frozenset({".hydra", "cli.log"})
+
+
+def remove_failed_start(run_dir: str | None) -> None:
+    """Remove ``run_dir`` when it holds nothing but Hydra's start files (``.hydra/``,
+    ``cli.log``): a run refused before training leaves no folder behind."""
+    if not run_dir or not is_main_process():
+        return
+    folder = Path(run_dir)
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= HYDRA_START_FILES:
+        return
+    hydra = folder / ".hydra"
+    if hydra.is_dir() and any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def require_writable_run_dir(overrides: list[str]) -> None:

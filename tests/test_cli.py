@@ -140,3 +140,28 @@ def test_the_readme_method_example_trains_and_evaluates(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert metrics["test/top1"] > 0.5  # digits: chance is 0.1
+
+
+def test_a_run_refused_at_start_leaves_no_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [BIN / "pico-train", f"run_dir={run_dir}", "trainer.epochs=abc"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "trainer.epochs='abc' is not valid" in out.stderr
+    assert not run_dir.exists()
+
+
+def test_only_a_folder_of_hydra_start_files_is_removed(tmp_path):
+    from pico.cli import remove_failed_start
+
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a" / ".hydra" / "config.yaml").write_text("x: 1")
+    (tmp_path / "a" / "cli.log").write_text("")
+    remove_failed_start(str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b" / ".hydra").mkdir(parents=True)
+    (tmp_path / "b" / "checkpoints").mkdir()
+    remove_failed_start(str(tmp_path / "b"))
+    assert (tmp_path / "b" / "checkpoints").is_dir()
+    remove_failed_start(None)  # no run_dir (pico-eval): nothing to do

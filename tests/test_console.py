@@ -47,3 +47,23 @@ def test_print_config_prints_the_whole_config(make_config, capsys, caplog):
     assert "_target_: pico.pll.proden.PRODEN" in printed and "print_config: true" in printed
     assert "method      PRODEN" not in printed
     assert "t-SNE" not in caplog.text
+
+
+def test_epoch_line_is_short_and_names_what_matters() -> None:
+    from pico.engine.trainer import epoch_line
+
+    record = {
+        "epoch": 3, "train/loss": 1.25, "train/cls": 0.5, "train/disamb_acc": 0.9,
+        "val/top1": 0.8, "val/top5": 0.99, "val/approx_acc": 0.75, "val/covering_rate": 0.9,
+        "test/top1": 0.7, "test/top5": 0.98, "test/proto_acc": 0.6,
+    }  # fmt: skip
+    line = epoch_line(record, 10, "val/approx_acc", improved=True)
+    assert line == (
+        "epoch 3/10: train/loss=1.2500 train/cls=0.5000 val/approx_acc=0.7500 "
+        "test/top1=0.7000 train/disamb_acc=0.9000 (best)"
+    )
+    assert not epoch_line(record, 10, "val/approx_acc", improved=False).endswith("(best)")
+    # an epoch without evaluation shows its losses alone
+    assert epoch_line({"epoch": 1, "train/loss": 2.0}, 10, "val/approx_acc", False) == (
+        "epoch 1/10: train/loss=2.0000"
+    )

@@ -54,6 +54,18 @@ from pico.eval.run_figures import write_confusion_figure, write_history_figures
 log = logging.getLogger(__name__)
 
 
+def epoch_line(record: dict[str, float], epochs: int, select_metric: str, improved: bool) -> str:
+    """The console line of an epoch: its training losses, the selection metric, test
+    top-1 and (partial-label runs) the disambiguation accuracy, marked ``(best)`` when
+    ``best.pt`` was written; ``metrics.json`` and the loggers hold every metric."""
+    shown = [k for k in record if k.startswith("train/") and k != "train/disamb_acc"]
+    for key in (select_metric, "test/top1", "train/disamb_acc"):
+        if key in record and key not in shown:
+            shown.append(key)
+    cells = " ".join(f"{key}={record[key]:.4f}" for key in shown)
+    return f"epoch {int(record['epoch'])}/{epochs}: {cells}" + (" (best)" if improved else "")
+
+
 @dataclass
 class _Run:
     """Everything one call of :meth:`Trainer.fit` works with."""
@@ -534,8 +546,8 @@ class Trainer:
         self._require_finite_state(run)
         if self.main:
             self._save(self._checkpoint(run), done, improved)
-        summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-        log.info("epoch %d: %s", done, summary)
+        log.info("%s", epoch_line(record, run.epochs, metric, improved))
+        log.debug("epoch %d: %s", done, ", ".join(f"{k}={v:.4f}" for k, v in record.items()))
 
     def _require_finite_state(self, run: _Run) -> None:
         """Refuse (``NonFiniteLossError``) a method state holding NaN or Inf, so no
