@@ -1,11 +1,10 @@
 """End-to-end runs of the engine on digits (small models, few epochs)."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from conftest import assert_same_tensors
+from conftest import assert_exact_resume
 
 from pico.cli import run_evaluation, run_export, run_training
 from pico.engine.checkpoint import load_checkpoint
@@ -50,16 +49,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
         extra += ["method.warmup_epochs=1", "method.warmup_min_steps=30"]
     if method in ("simclr", "byol"):
         extra.append("method.proj_hidden=64")
-    common = [f"method={method}", "trainer.epochs=4", "trainer.embedding_figure=false", *extra]
-    run_training(make_config(*common, "trainer.keep_last=4"))
-    mid = tmp_path / "mid.pt"
-    shutil.copy(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", mid)
-    run_training(make_config(*common, f"resume={mid}", run_dir="resumed"))
-    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 4
-    for key in ("method", "optimizer", "scheduler", "rng_cpu", "step", "history", "best"):
-        assert_same_tensors(a[key], b[key], key)
+    assert_exact_resume(make_config, tmp_path, f"method={method}", *extra)
 
 
 def test_export_and_init_from_hand_over_the_backbone(make_config, tmp_path):
