@@ -191,21 +191,9 @@ def sup_con_from_labels(
     is row i of ``contrast`` and is excluded from its own denominator and positives; its
     own key (row A + i) stays a positive since it shares the label.
     """
-    a, m = anchors.shape[0], contrast.shape[0]
-    if anchor_labels.shape != (a,) or contrast_labels.shape != (m,):
-        raise ValueError(
-            f"anchor_labels must have shape ({a},) and contrast_labels ({m},), got "
-            f"{tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
-        )
-    positive_mask = anchor_labels[:, None] == contrast_labels[None, :]
-    exclude_mask = None
-    if anchors_in_contrast:
-        if a > m:
-            raise ValueError(
-                f"anchors_in_contrast needs the {a} anchors as the first rows of contrast, "
-                f"which has only {m} rows; pass anchors_in_contrast=False otherwise"
-            )
-        exclude_mask = torch.eye(a, m, dtype=torch.bool, device=anchors.device)
+    positive_mask, exclude_mask = _label_masks(
+        anchors, anchor_labels, contrast, contrast_labels, anchors_in_contrast
+    )
     return sup_con(
         anchors,
         contrast,
