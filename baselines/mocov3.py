@@ -117,11 +117,9 @@ class MoCoV3(Method):
         """Key momentum for the update after step ``info.step``: base first, 1 last."""
         return cosine_momentum(self.base_momentum, info.step, max(info.total_steps - 1, 1))
 
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        self.momentum_update_(
-            [(self.backbone, self.key_backbone), (self.projector, self.key_projector)],
-            self.momentum(info),
-        )
+    def momentum_pairs(self) -> tuple[tuple[nn.Module, nn.Module], ...]:
+        """(backbone, key_backbone) and (projector, key_projector)."""
+        return ((self.backbone, self.key_backbone), (self.projector, self.key_projector))
 
     def optim_parameters(self) -> list[nn.Parameter]:
         """Online backbone (without a frozen patch projection), projector and predictor."""
