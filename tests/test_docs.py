@@ -1,9 +1,11 @@
 """Citations of the design notes resolve: every ``docs/PAGE.md, "Section"`` (or a citation
 of ``DESIGN.md``) in the code and configs names a page under ``docs/`` and a heading of
-it, and every ``bench/RESULTS.md, "Title"`` in the pages names a recorded section."""
+it, and every ``bench/RESULTS.md, "Title"`` in the pages names a recorded section. The
+API reference (``docs/api/``) has a directive for every name the packages export."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -99,7 +101,9 @@ def test_the_code_cites_the_design_notes():
     assert any(target.startswith("docs/") and sections for target, sections in cited)
 
 
-@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page", sorted(DOCS.rglob("*.md")), ids=lambda p: p.relative_to(DOCS).as_posix()
+)
 def test_page_citations_resolve(page: Path):
     """A page's citations of other pages and of ``bench/RESULTS.md`` sections resolve
     (a recorded section's heading starts with the cited title: it carries a date after
@@ -131,3 +135,70 @@ def test_citation_parsing():
         ("DESIGN.md", [], 4),
     ]
     assert _sections(text, RESULTS_CITATION.search(text).end()) == ["A", "B"]
+
+
+#: the API reference pages: mkdocstrings renders each ``::: dotted.path`` line
+API_PAGES = DOCS / "api"
+#: the packages whose ``__all__`` the API reference covers, with the file defining it
+PUBLIC_PACKAGES = {
+    "pico": ROOT / "pico" / "__init__.py",
+    **{
+        f"pico.{sub}": ROOT / "pico" / sub / "__init__.py"
+        for sub in ("core", "pll", "models", "data", "eval", "engine")
+    },
+    "pico.baselines": ROOT / "baselines" / "__init__.py",
+}
+DIRECTIVE = re.compile(r"^::: ([\w.]+)[ \t]*$", re.MULTILINE)
+
+
+def exported_names(init: Path) -> list[str]:
+    """The ``__all__`` list of a package's ``__init__.py``, read without importing it."""
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{init} defines no __all__")
+
+
+def api_directives() -> set[str]:
+    """The objects the API reference pages render, as written after ``:::``."""
+    return {
+        path
+        for page in API_PAGES.glob("*.md")
+        for path in DIRECTIVE.findall(page.read_text(encoding="utf-8"))
+    }
+
+
+def undocumented(package: str, names: list[str], directives: set[str]) -> list[str]:
+    """The ``names`` exported by ``package`` without a ``::: package.name`` directive, or
+    one at a module under it (``::: pico.pll.PiCO`` documents ``pico.PiCO``)."""
+    return [
+        name
+        for name in names
+        if not any(d.startswith(f"{package}.") and d.endswith(f".{name}") for d in directives)
+    ]
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC_PACKAGES))
+def test_api_reference_covers_every_export(package: str):
+    """A name added to a package's ``__all__`` needs its line in ``docs/api/*.md``: the
+    reference cannot drift from the public API (``mkdocs build --strict`` then checks
+    that every line names an object)."""
+    missing = undocumented(package, exported_names(PUBLIC_PACKAGES[package]), api_directives())
+    assert not missing, (
+        f"{package} exports names the API reference (docs/api/*.md) does not document: "
+        + ", ".join(missing)
+        + f"; add a '::: {package}.NAME' line to the page of its package"
+    )
+
+
+def test_api_coverage_check():
+    """The check reads directives and ``__all__`` as meant."""
+    directives = {"pico.pll", "pico.pll.PiCO", "pico.api.train", "pico.__version__"}
+    assert undocumented("pico", ["PiCO", "train", "__version__", "CC"], directives) == ["CC"]
+    assert undocumented("pico.pll", ["PiCO", "PiCOPlus"], directives) == ["PiCOPlus"]
+    assert undocumented("pico.core", ["PiCO"], directives) == ["PiCO"]
+    assert "PiCO" in exported_names(PUBLIC_PACKAGES["pico"])
+    page = "x\n\n::: pico.pll.PiCO\n    options:\n      members: false\n\n::: pico.api.train  \n"
+    assert DIRECTIVE.findall(page) == ["pico.pll.PiCO", "pico.api.train"]
