@@ -14,6 +14,7 @@ from pico.pll.candidates_buffer import soft_cross_entropy
 from pico.pll.pico import PiCO
 from pico.pll.pico_plus import (
     PiCOPlus,
+    covered_share,
     guess_targets,
     knn_positives,
     masked_mean,
@@ -433,6 +434,7 @@ def test_state_dict_carries_the_reliable_queue_column():
     [
         (dict(reliable_share=0.0), "reliable_share"),
         (dict(reliable_share=1.5), "reliable_share"),
+        (dict(reliable_share="half"), "reliable_share"),
         (dict(knn_neighbors=0), "knn_neighbors"),
         (dict(knn_start=-0.1), "knn_start"),
         (dict(knn_start=100), "knn_start"),
@@ -468,3 +470,49 @@ def test_one_epoch_end_to_end_on_noisy_digits(make_config, tmp_path):
     for key in ("test/top1", "val/approx_acc", "train/disamb_acc"):
         assert 0.0 <= final[key] <= 1.0
     assert math.isfinite(final["train/loss"])
+
+
+def test_covered_share_counts_predictions_inside_the_candidate_set():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, 6, generator=gen)
+    cands = torch.rand(50, 6, generator=gen) < 0.4
+    cands[torch.arange(50), torch.randint(0, 6, (50,), generator=gen)] = True
+    naive = sum(bool(cands[i, int(logits[i].argmax())]) for i in range(50)) / 50
+    assert float(covered_share(logits, cands)) == pytest.approx(naive)
+
+
+def test_auto_share_follows_the_covered_share_and_sets_the_reliable_count():
+    """With reliable_share="auto" every step (warm-up included) moves the running clean-share
+    estimate towards the batch's covered share, and after warm-up that estimate is the
+    share of each class's rows marked reliable."""
+    model = make_model(reliable_share="auto")
+    expected = 1.0
+    for step in range(6):
+        b = batch([(3 * step + j) % N for j in range(6)], step)
+        logits, q, _ = forward_reference(model, b)
+        cands = model.candidates[b.index]
+        expected += 0.01 * (float(covered_share(logits, cands)) - expected)
+        if step >= WARMUP:
+            protos = model.prototypes.clone()
+            within = (logits.softmax(1) * cands).argmax(1)
+            distance = [
+                1 - float(q[i] @ protos[within[i]]) if protos[within[i]].abs().sum() > 0 else -1.0
+                for i in range(len(q))
+            ]
+            reliable = naive_reliable(distance, expected, within)
+        out = model.training_step(b, info(step))
+        assert float(model.clean_share) == pytest.approx(expected, abs=1e-6)
+        if step >= WARMUP:
+            assert float(out["reliable"]) == pytest.approx(float(reliable.float().mean()))
+        else:
+            assert float(out["reliable"]) == 1.0
+
+
+def test_covered_share_of_a_perfect_model_is_the_clean_share():
+    """A model that predicts the true label everywhere covers exactly the rows whose
+    candidate set holds it."""
+    targets = torch.arange(24) % C
+    cands = F.one_hot(targets, C).bool() | F.one_hot((targets + 1) % C, C).bool()
+    cands[:4] = F.one_hot((targets[:4] + 2) % C, C).bool()  # noisy rows: true label missing
+    logits = F.one_hot(targets, C).float() * 5
+    assert float(covered_share(logits, cands)) == pytest.approx(20 / 24)
