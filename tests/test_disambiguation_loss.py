@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import candidate_task
+from conftest import candidate_task, tiny_backbone
 from torch import Tensor, nn
 
-from pico.pll import CandidateError, ContrastiveDisambiguation
+from pico.pll import CandidateError, ContrastiveDisambiguation, PiCO
 
 N, C, D, B = 24, 4, 6, 6
 TEMPERATURE, WEIGHT, GAMMA = 0.5, 0.5, 0.9
@@ -168,3 +168,17 @@ def test_phi_schedule_and_argument_checks() -> None:
     with pytest.raises(CandidateError, match="ContrastiveDisambiguation"):
         ContrastiveDisambiguation(candidates, dim=D)
 
+
+def test_pico_holds_the_state_under_its_old_checkpoint_keys() -> None:
+    torch.manual_seed(0)
+    method = PiCO(tiny_backbone(8), candidate_task(N, C), proj_dim=D, queue_size=10)
+    keys = list(method.state_dict())
+    groups = list(dict.fromkeys(key.split(".")[0] for key in keys))
+    assert groups == ["candidates", "confidence", "prototypes", "phi", "backbone", "classifier",
+                      "head", "key_backbone", "key_head", "queue"]  # fmt: skip
+    assert keys[-4:] == ["queue.features", "queue.ptr", "queue.filled", "queue.label"]
+    loss = method.disambiguation
+    assert loss.state is method and not list(loss.state_dict())
+    assert all(child is not loss for child in method.modules())
+    copied = copy.deepcopy(method)
+    assert copied.disambiguation.state is copied
