@@ -74,7 +74,7 @@ if TYPE_CHECKING:
         SimSiam,
         byol_loss,
     )
-    from pico.engine import Trainer, TrainerConfig
+    from pico.engine import Callback, Trainer, TrainerConfig
     from pico.eval import Evaluator, linear_probe
     from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
 
@@ -103,6 +103,7 @@ __getattr__, __dir__ = lazy_exports(
         "SimCLR": "pico.baselines",
         "SimSiam": "pico.baselines",
         "byol_loss": "pico.baselines",
+        "Callback": "pico.engine",
         "Trainer": "pico.engine",
         "TrainerConfig": "pico.engine",
         "Evaluation": "pico.api",
@@ -126,6 +127,7 @@ __all__ = [
     "PRODEN",
     "RC",
     "Batch",
+    "Callback",
     "CandidateError",
     "ContrastiveDisambiguation",
     "Evaluation",
