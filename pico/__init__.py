@@ -48,6 +48,7 @@ from pico.pll import (
     PRODEN,
     RC,
     CandidateError,
+    ContrastiveDisambiguation,
     PiCO,
     PiCOPlus,
     Supervised,
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
         SimSiam,
         byol_loss,
     )
-    from pico.engine import Trainer, TrainerConfig
+    from pico.engine import Callback, Trainer, TrainerConfig
     from pico.eval import Evaluator, linear_probe
     from pico.models import VisionTransformer, cifar_resnet, imagenet_resnet
 
@@ -102,6 +103,7 @@ __getattr__, __dir__ = lazy_exports(
         "SimCLR": "pico.baselines",
         "SimSiam": "pico.baselines",
         "byol_loss": "pico.baselines",
+        "Callback": "pico.engine",
         "Trainer": "pico.engine",
         "TrainerConfig": "pico.engine",
         "Evaluation": "pico.api",
@@ -125,7 +127,9 @@ __all__ = [
     "PRODEN",
     "RC",
     "Batch",
+    "Callback",
     "CandidateError",
+    "ContrastiveDisambiguation",
     "Evaluation",
     "Evaluator",
     "FeatureQueue",

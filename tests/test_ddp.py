@@ -10,7 +10,6 @@ process with the same ``bn_groups``), so only the float summation order differs.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pico.core.distributed import gather_shards, get_rank, shard_bounds
+from pico.engine.callbacks import Callback
+from pico.engine.checkpoint import save_checkpoint
 from pico.engine.distributed_run import average_bn_statistics_, convert_sync_bn
 from pico.engine.trainer import Trainer
+from pico.eval.run_figures import RunFigures
 from pico.experiment import build_experiment
 
 # the spawned runs and the torchrun launch take tens of seconds on two cores
@@ -83,18 +85,21 @@ KNN_FLIP = 0.003
 MID_STEP = 6
 
 
-class CapturingTrainer(Trainer):
-    """A Trainer that keeps a copy of every mid-epoch checkpoint (``mid_STEP.pt``) and
-    draws no figures (slow, and not under test here)."""
+class KeepMidEpoch(Callback):
+    """Keeps every mid-epoch checkpoint as ``mid_STEP.pt`` (``last.pt`` gets the next)."""
 
-    def _save(self, ckpt, epoch, improved):
-        super()._save(ckpt, epoch, improved)
+    def on_save_checkpoint(self, trainer, run, checkpoint, epoch):
         if epoch is None:
-            shutil.copy(self.ckpt_dir / "last.pt", self.ckpt_dir / f"mid_{ckpt['step']}.pt")
+            save_checkpoint(checkpoint, trainer.ckpt_dir / f"mid_{checkpoint['step']}.pt")
 
-    @staticmethod
-    def _figures(run, epoch):
-        return None
+
+class CapturingTrainer(Trainer):
+    """A Trainer that keeps every mid-epoch checkpoint and draws no figures (slow, and not
+    under test here)."""
+
+    def default_callbacks(self, select_metric, select_mode):
+        kept = super().default_callbacks(select_metric, select_mode)
+        return [c for c in kept if not isinstance(c, RunFigures)] + [KeepMidEpoch()]
 
 
 def _compose(*overrides: str) -> DictConfig:

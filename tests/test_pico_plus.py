@@ -232,7 +232,9 @@ def test_unreliable_rows_do_not_move_prototypes_and_get_all_class_labels(per_cla
     conf_before = model.confidence.clone()
     ptr = int(model.queue.ptr)
     model.training_step(b, info(10))
-    expected = update_prototypes(protos, q[reliable], within[reliable], model.proto_momentum)
+    expected = update_prototypes(
+        protos, q[reliable], within[reliable], model.disambiguation.proto_momentum
+    )
     torch.testing.assert_close(model.prototypes, expected)
     slots = [(ptr + i) % model.queue.size for i in range(len(q))]
     assert torch.equal(model.queue.column("reliable")[slots], reliable)
@@ -272,7 +274,7 @@ def test_step_losses_match_naive_reference(monkeypatch, per_class):
         if reliable[i]:
             pos = {j for j in range(len(contrast))
                    if j != i and valid[j] and entry_rel[j] and labels[j] == labels[i]}  # fmt: skip
-            weight = model.contrastive_weight
+            weight = model.disambiguation.contrastive_weight
         else:
             sims = sorted((j for j in range(len(queue)) if q_valid[j]),
                           key=lambda j: -float(q[i] @ queue[j]))  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pico.engine.callbacks
 import pico.engine.trainer
 from pico.cli import run_training
 from pico.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -152,7 +153,9 @@ def test_a_kill_between_the_best_and_last_writes_leaves_them_consistent(
         original(state, path, **kwargs)
         written.append((path.name, state["epoch"]))
 
-    monkeypatch.setattr(pico.engine.trainer, "save_checkpoint", dying_save)
+    # best.pt is written by the BestCheckpoint callback, last.pt by the trainer
+    for module in (pico.engine.callbacks, pico.engine.trainer):
+        monkeypatch.setattr(module, "save_checkpoint", dying_save)
     run = [*RUN, "trainer.epochs=4", "eval.select_metric=val/top1"]
     with pytest.raises(Killed):
         run_training(make_config(*run))
@@ -160,7 +163,7 @@ def test_a_kill_between_the_best_and_last_writes_leaves_them_consistent(
     best, last = load_checkpoint(ckpt / "best.pt"), load_checkpoint(ckpt / "last.pt")
     assert best["epoch"] == last["epoch"] + 1  # best went first; last is one epoch behind
     (ckpt / ".best.pt.left.tmp").write_bytes(b"")  # as a kill inside a write leaves one
-    monkeypatch.setattr(pico.engine.trainer, "save_checkpoint", original)
+    monkeypatch.undo()
     run_training(make_config(*run, "resume=auto"))
     best, last = load_checkpoint(ckpt / "best.pt"), load_checkpoint(ckpt / "last.pt")
     assert last["epoch"] == 4 and best["epoch"] == last["best"]["epoch"]

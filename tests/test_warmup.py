@@ -158,7 +158,7 @@ def test_pico_warmup_loss_is_moco_info_nce_against_the_queue(filled):
     info = StepInfo(epoch=0, step=0, epochs=10, steps_per_epoch=3)
     assert method.in_warmup(info)
     _, q, k = method.encode(*views)
-    expected = naive_moco_info_nce(q.detach(), k, keys, method.temperature)
+    expected = naive_moco_info_nce(q.detach(), k, keys, method.disambiguation.temperature)
     out = method.training_step(batch, info)
     assert out["cont"].item() == pytest.approx(expected, rel=1e-6)  # keys pass as float32
 
@@ -180,11 +180,12 @@ def test_in_batch_negatives_are_an_option_that_changes_the_loss():
         losses[in_batch] = method.training_step(batch, info)["cont"].item()
         if in_batch:  # [q; k] with the own query excluded: 2B - 1 entries per anchor
             q, k = q.detach(), k.detach()
+            temperature = method.disambiguation.temperature
             naive = 0.0
             for i in range(B):
                 others = [*(q[j] for j in range(B) if j != i), *k]
-                denom = sum(math.exp(float(q[i] @ c) / method.temperature) for c in others)
-                naive += -math.log(math.exp(float(q[i] @ k[i]) / method.temperature) / denom)
+                denom = sum(math.exp(float(q[i] @ c) / temperature) for c in others)
+                naive += -math.log(math.exp(float(q[i] @ k[i]) / temperature) / denom)
             assert losses[True] == pytest.approx(naive / B, rel=1e-6)
     assert losses[False] == pytest.approx(0.0, abs=1e-12)  # empty queue: only the positive
     assert losses[True] > 0.1

@@ -1,6 +1,6 @@
 """The training engine: the method protocol (:class:`Method`, :class:`Batch`,
-:class:`StepInfo`, :class:`TaskInfo`), the :class:`Trainer`, the loader, optimizers and
-checkpoints.
+:class:`StepInfo`, :class:`TaskInfo`), the :class:`Trainer` and its callbacks, the loader,
+optimizers and checkpoints.
 
 Only the protocol loads with the package; the trainer and its parts (Hydra, OmegaConf,
 TensorBoard) load on first use, so a method module imports without them.
@@ -14,6 +14,7 @@ from pico._lazy import lazy_exports
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 
 if TYPE_CHECKING:
+    from pico.engine.callbacks import BestCheckpoint, Callback, MetricsFile
     from pico.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from pico.engine.distributed_run import resolve_device
     from pico.engine.loader import TensorLoader
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "BestCheckpoint": "pico.engine.callbacks",
+        "Callback": "pico.engine.callbacks",
+        "MetricsFile": "pico.engine.callbacks",
         "CheckpointError": "pico.engine.checkpoint",
         "load_checkpoint": "pico.engine.checkpoint",
         "save_checkpoint": "pico.engine.checkpoint",
@@ -39,8 +43,11 @@ __getattr__, __dir__ = lazy_exports(
 
 __all__ = [
     "Batch",
+    "BestCheckpoint",
+    "Callback",
     "CheckpointError",
     "Method",
+    "MetricsFile",
     "NonFiniteLossError",
     "StepInfo",
     "TaskInfo",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pico.core.distributed import (
 )
 from pico.data.augment import BatchAugment
 from pico.data.bundle import DataBundle
+from pico.engine.callbacks import BestCheckpoint, Callback, MetricsFile
 from pico.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -47,9 +47,8 @@ from pico.engine.method import Batch, Method, StepInfo
 from pico.engine.optim import build_optimizer, scale_weight_decay_, warmup_cosine
 from pico.engine.stop import RunStopped, StopRequest
 from pico.engine.trainer_config import TrainerConfig
-from pico.eval.embedding import save_embedding_png
 from pico.eval.evaluator import Evaluator
-from pico.eval.run_figures import write_confusion_figure, write_history_figures
+from pico.eval.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,12 @@ def epoch_line(record: dict[str, float], epochs: int, select_metric: str, improv
 
 
 @dataclass
-class _Run:
-    """Everything one call of :meth:`Trainer.fit` works with."""
+class Run:
+    """Everything one call of :meth:`Trainer.fit` works with; the callbacks receive it.
+
+    ``state`` is what every checkpoint carries besides the method, optimizer and RNG
+    states (:data:`FRESH_STATE`: ``epoch`` and ``step`` done, ``history``, ``best``, ...).
+    """
 
     method: Method
     step: torch.nn.Module
@@ -83,12 +86,11 @@ class _Run:
     state: dict[str, Any]
     epochs: int
     stop: StopRequest
+    callbacks: Sequence[Callback] = ()
     select_metric: str = ""
-    select_sign: float = 1.0
     config_yaml: str = ""
     fingerprint: dict[str, str] | None = None
     images_seen: int = 0
-    metric_seen: bool = False  # an evaluation ran, and a missing select_metric was reported
 
 
 # Run state saved in every checkpoint. ``batch`` > 0 marks a checkpoint inside an epoch,
@@ -210,12 +212,16 @@ class Trainer:
     """Runs a :class:`~pico.engine.method.Method` over a :class:`DataBundle`.
 
     Handles device placement, bf16 autocast and channels_last (CUDA only), optional
-    ``torch.compile``, the optimizer and warm-up cosine schedule, evaluation, best-model
-    selection on a configured metric, atomic checkpoints, resume, the metric loggers of
-    ``cfg.loggers`` (every scalar against the global optimizer step, epoch means once per
-    epoch at its last step: see :mod:`pico.engine.loggers`) and a progress bar. ``cfg``
-    is a :class:`~pico.engine.trainer_config.TrainerConfig`, or a dict or OmegaConf node
-    (the ``trainer`` config node) of some of its keys, the others at their defaults.
+    ``torch.compile``, the optimizer and warm-up cosine schedule, evaluation, atomic
+    checkpoints, resume, the metric loggers of ``cfg.loggers`` (every scalar against the
+    global optimizer step, epoch means once per epoch at its last step: see
+    :mod:`pico.engine.loggers`) and a progress bar. ``cfg`` is a
+    :class:`~pico.engine.trainer_config.TrainerConfig`, or a dict or OmegaConf node (the
+    ``trainer`` config node) of some of its keys, the others at their defaults.
+
+    The rest is callbacks (:mod:`pico.engine.callbacks`): :meth:`default_callbacks` draw
+    the figures, select ``best.pt`` and write ``metrics.json``; ``callbacks`` run after
+    them, in order.
 
     Under a process group (``torchrun``) every rank runs ``fit``: ``cfg.batch_size`` is
     the global batch, split over the ranks; the training step is DDP-wrapped (gradients
@@ -225,16 +231,36 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: TrainerConfig | Mapping[str, Any], run_dir: str | Path, seed: int = 0
+        self,
+        cfg: TrainerConfig | Mapping[str, Any],
+        run_dir: str | Path,
+        seed: int = 0,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg = cfg = TrainerConfig.from_config(cfg)
         self.run_dir = Path(run_dir)
         self.seed = seed
+        self.callbacks = list(callbacks)
         self.device = resolve_device(cfg.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = is_main_process()
         # refused here, before any data is loaded or anything written
         self.logger_names = resolve_logger_names(cfg.loggers)
+
+    def default_callbacks(self, select_metric: str, select_mode: str) -> list[Callback]:
+        """The callbacks of every run, called before ``callbacks``: the figures
+        (``cfg.figure_every``, ``cfg.embedding_figure``), the selection of ``best.pt`` on
+        ``select_metric`` and ``metrics.json``. A subclass may leave some out."""
+        return [
+            RunFigures(self.cfg.figure_every, self.cfg.embedding_figure),
+            BestCheckpoint(select_metric, select_mode),
+            MetricsFile(),
+        ]
+
+    def evaluates(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch ``epoch`` (1-based) of ``epochs`` ends with an evaluation: every
+        ``cfg.eval_every`` epochs and the last."""
+        return epoch % self.cfg.eval_every == 0 or epoch == epochs
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.amp and self.device.type == "cuda":
@@ -293,10 +319,12 @@ class Trainer:
         :class:`~pico.engine.stop.RunStopped`.
         """
         run = self._setup(method, bundle, augmenters, evaluator, resume)
+        run.callbacks = [*self.default_callbacks(select_metric, select_mode), *self.callbacks]
         run.select_metric = select_metric
-        run.select_sign = 1.0 if select_mode == "max" else -1.0
         run.config_yaml = config_yaml
         run.fingerprint = fingerprint
+        for callback in run.callbacks:
+            callback.on_fit_start(self, run)
         started = time.perf_counter()
         try:
             with run.stop.catching():
@@ -316,8 +344,8 @@ class Trainer:
             "images_per_second": run.images_seen / elapsed if elapsed > 0 else 0.0,
             "history": run.state["history"],
         }
-        if self.main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        for callback in run.callbacks:
+            callback.on_fit_end(self, run, result)
         return result
 
     def _setup(
@@ -327,7 +355,7 @@ class Trainer:
         augmenters: dict[str, BatchAugment],
         evaluator: Evaluator,
         resume: str | None,
-    ) -> _Run:
+    ) -> Run:
         """Place the method, build loader, optimizer and schedule, restore a checkpoint."""
         cfg = self.cfg
         torch.set_num_threads(resolve_threads(cfg.threads, method, self.device))
@@ -374,7 +402,7 @@ class Trainer:
             log.info(
                 "resumed from %s at epoch %d, batch %d", path, state["epoch"] + 1, state["batch"]
             )
-        return _Run(
+        return Run(
             method=method,
             step=wrap_training_step(method, self.device),
             bundle=bundle,
@@ -395,7 +423,7 @@ class Trainer:
             stop=StopRequest(),
         )
 
-    def _stop_agreed(self, run: _Run, at_sync: bool) -> bool:
+    def _stop_agreed(self, run: Run, at_sync: bool) -> bool:
         """Whether to stop now on a signal. Under a process group every rank must agree,
         so the flags are reduced, only at points that synchronise anyway (``at_sync``)."""
         if get_world_size() == 1:
@@ -405,11 +433,11 @@ class Trainer:
         flag = torch.tensor([float(run.stop.requested)], device=self.device)
         return bool(all_reduce_sum(flag).item())
 
-    def _stopped(self, run: _Run, epoch: int) -> RunStopped:
+    def _stopped(self, run: Run, epoch: int) -> RunStopped:
         signum = run.stop.signum or signal.SIGTERM  # a rank told by the others
         return RunStopped(signum, epoch + 1, run.state["step"], self.run_dir)
 
-    def _train_epoch(self, run: _Run, epoch: int) -> dict[str, torch.Tensor]:
+    def _train_epoch(self, run: Run, epoch: int) -> dict[str, torch.Tensor]:
         """One pass over the training split; returns the loss terms summed over its steps
         (each step's terms averaged over the processes)."""
         cfg, method, state = self.cfg, run.method, run.state
@@ -486,7 +514,7 @@ class Trainer:
                 state["sums"] = {k: v.cpu() for k, v in averaged.items()}
                 self._require_finite_state(run)
                 if self.main:
-                    self._save(self._checkpoint(run), epoch=None, improved=False)
+                    self._save(run, epoch=None)
             if stop:
                 bar.close()
                 raise self._stopped(run, epoch)
@@ -504,52 +532,28 @@ class Trainer:
         bad = all_reduce_sum((~finite).float().reshape(1))
         return not bool(bad.item())
 
-    def _end_epoch(self, run: _Run, epoch: int, sums: dict[str, torch.Tensor]) -> None:
-        """Evaluate, log, pick the best epoch and write checkpoints."""
-        cfg, state, done = self.cfg, run.state, epoch + 1
+    def _end_epoch(self, run: Run, epoch: int, sums: dict[str, torch.Tensor]) -> None:
+        """Evaluate, log, run the callbacks' epoch end and write checkpoints."""
+        state, done = run.state, epoch + 1
         state["epoch"] = done
         steps = len(run.loader)
         record = {"epoch": done, **{f"train/{k}": v.item() / steps for k, v in sums.items()}}
-        last_epoch = done == run.epochs
         average_bn_statistics_(run.method)
-        if done % cfg.eval_every == 0 or last_epoch:
-            record.update(run.evaluator(run.method, final=last_epoch))
+        if self.evaluates(done, run.epochs):
+            record.update(run.evaluator(run.method, final=done == run.epochs))
         state["history"].append(record)
         run.logger.scalars(self._epoch_scalars(record, sums), state["step"], done)
         run.logger.flush()
-        if self.main and (done % cfg.figure_every == 0 or last_epoch):
-            self._figures(run, state["step"])
-        if self.main and last_epoch and cfg.embedding_figure:
-            log.info(
-                "t-SNE of the test features for embedding.png "
-                "(trainer.embedding_figure=false skips it)"
-            )
-            figure = run.evaluator.embedding(run.method, epoch=done)
-            save_embedding_png(figure, self.run_dir / "embedding.png")
-            run.logger.figure("test/embedding", figure, state["step"])
-        # ties go to the later epoch: same validation score, more training
-        metric, sign = run.select_metric, run.select_sign
-        evaluated = len(record) > 1 + len(sums)
-        if evaluated and not run.metric_seen and metric not in record:
-            log.warning(
-                "eval.select_metric=%s is not among this run's metrics %s: no best.pt will be "
-                "written",
-                metric,
-                sorted(k for k in record if k != "epoch"),
-            )
-        run.metric_seen = run.metric_seen or evaluated
-        improved = metric in record and (
-            state["best"] is None or sign * record[metric] >= sign * state["best"][metric]
-        )
-        if improved:
-            state["best"] = record
+        for callback in run.callbacks:
+            callback.on_epoch_end(self, run, record)
         self._require_finite_state(run)
         if self.main:
-            self._save(self._checkpoint(run), done, improved)
-        log.info("%s", epoch_line(record, run.epochs, metric, improved))
+            self._save(run, done)
+        improved = state["best"] is record  # BestCheckpoint made this epoch the best
+        log.info("%s", epoch_line(record, run.epochs, run.select_metric, improved))
         log.debug("epoch %d: %s", done, ", ".join(f"{k}={v:.4f}" for k, v in record.items()))
 
-    def _require_finite_state(self, run: _Run) -> None:
+    def _require_finite_state(self, run: Run) -> None:
         """Refuse (``NonFiniteLossError``) a method state holding NaN or Inf, so no
         checkpoint ever carries one (checked on every process: their states agree)."""
         floats = [v for v in run.method.state_dict().values() if v.is_floating_point()]
@@ -566,7 +570,7 @@ class Trainer:
             return f"resume from the last good checkpoint ({last}, written before these steps)"
         return "start the run again (no checkpoint was written yet)"
 
-    def _checkpoint(self, run: _Run) -> dict[str, Any]:
+    def _checkpoint(self, run: Run) -> dict[str, Any]:
         """Everything needed to continue the run exactly where it stands, with any number
         of processes (the RNG states are rank 0's; every rank restores them)."""
         cuda = self.device.type == "cuda"
@@ -590,17 +594,13 @@ class Trainer:
             state = state[0]
         torch.cuda.set_rng_state(state.cpu(), self.device)
 
-    def _save(self, ckpt: dict[str, Any], epoch: int | None, improved: bool) -> None:
-        """Write ``best.pt`` when improved, then ``last.pt``, and at epoch ends keep the
-        newest epoch files (``epoch`` is ``None`` for a checkpoint inside an epoch).
-
-        ``best.pt`` goes first: a kill between the writes leaves ``last.pt`` one epoch
-        behind, and resuming from it redoes that epoch and rewrites both alike, while the
-        other order would leave ``last.pt`` naming a best epoch that ``best.pt`` lacks.
-        """
-        ckpt = with_checksum(ckpt)
-        if improved:
-            save_checkpoint(ckpt, self.ckpt_dir / "best.pt")
+    def _save(self, run: Run, epoch: int | None) -> None:
+        """Write the run's checkpoint: the callbacks' extra files first (``best.pt``), then
+        ``last.pt``, and at epoch ends the newest epoch files (``epoch`` is ``None`` for a
+        checkpoint inside an epoch)."""
+        ckpt = with_checksum(self._checkpoint(run))
+        for callback in run.callbacks:
+            callback.on_save_checkpoint(self, run, ckpt, epoch)
         save_checkpoint(ckpt, self.ckpt_dir / "last.pt")
         if epoch is not None and self.cfg.keep_last > 0:
             save_checkpoint(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
@@ -628,17 +628,3 @@ class Trainer:
             if key != "epoch":
                 out[f"epoch/{key}" if key in terms else key] = value
         return out
-
-    def _figures(self, run: _Run, step: int) -> None:
-        """Test confusion matrix and history curves (:mod:`pico.eval.run_figures`) of the
-        epoch just ended into ``run_dir/figures`` and the loggers, at global ``step``."""
-        folder, epoch = self.run_dir / "figures", run.state["epoch"]
-        matrix = run.evaluator.test_confusion(run.method)
-        try:
-            if matrix is not None:
-                write_confusion_figure(
-                    folder, matrix, run.bundle.class_names, epoch, run.logger, step
-                )
-            write_history_figures(folder, run.state["history"], run.logger, step)
-        except OSError as err:  # a figure is not worth the run: the checkpoint decides
-            log.warning("figures of epoch %d not written to %s: %s", epoch, folder, err)

@@ -37,6 +37,7 @@ from pico.pll.candidates_buffer import (
 from pico.pll.cavl import CAVL, cav_targets, class_activation_values
 from pico.pll.cc import CC, candidate_prediction, cc_loss
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
+from pico.pll.disambiguation_loss import ContrastiveDisambiguation
 from pico.pll.lws import LWS, lws_initial_weights, lws_loss, lws_weights
 from pico.pll.pico import PiCO
 from pico.pll.pico_plus import PiCOPlus
@@ -62,6 +63,7 @@ __all__ = [
     "CandidateError",
     "CandidateRows",
     "ClassifierMethod",
+    "ContrastiveDisambiguation",
     "PiCO",
     "PiCOPlus",
     "Supervised",

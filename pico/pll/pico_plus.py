@@ -258,8 +258,10 @@ class PiCOPlus(PiCO):
             with torch.no_grad():
                 pseudo = (logits.detach().float().softmax(dim=1) * candidates).argmax(dim=1)
                 reliable = torch.ones_like(pseudo, dtype=torch.bool)
-            contrast = self.contrast_set(q, k_all)
-            loss_cont = self.contrastive_weight * self.instance_contrastive(q, contrast)
+            disambiguation = self.disambiguation
+            contrast = disambiguation.contrast_set(q, k_all)
+            instance = disambiguation.instance_contrastive(q, contrast)
+            loss_cont = disambiguation.contrastive_weight * instance
             loss_cls = soft_cross_entropy(logits, self.confidence[index]).mean()
             loss_mix = torch.zeros((), device=loss_cls.device)
             loss = loss_cls + loss_cont
@@ -322,7 +324,7 @@ class PiCOPlus(PiCO):
         # Unreliable rows go to an extra scratch class that is dropped afterwards.
         scratch = torch.cat([self.prototypes, self.prototypes.new_zeros(1, q.shape[1])])
         labels = torch.where(reliable_all, within_all, num_classes)
-        updated = update_prototypes(scratch, q_all, labels, self.proto_momentum)
+        updated = update_prototypes(scratch, q_all, labels, self.disambiguation.proto_momentum)
         self.prototypes.copy_(updated[:num_classes])
         pseudo = torch.where(reliable, within, probs.argmax(dim=1))
         return reliable, pseudo, guess
@@ -332,7 +334,8 @@ class PiCOPlus(PiCO):
     ) -> Tensor:
         """Contrastive loss of step 4 (see the class docstring); ``k_all``: gathered keys,
         ``knn``: whether the step is in the kNN phase."""
-        contrast = self.contrast_set(q, k_all)
+        contrast = self.disambiguation.contrast_set(q, k_all)
+        temperature = self.disambiguation.temperature
         valid, exclude, own_key = contrast.valid, contrast.own_query(), contrast.own_key()
         pseudo_all, reliable_all = gather_no_grad(pseudo), gather_no_grad(reliable)
         labels = torch.cat([pseudo_all, pseudo_all, self.queue.column("label")])
@@ -340,10 +343,10 @@ class PiCOPlus(PiCO):
         same_label = pseudo[:, None] == labels[None, :]
         label_positive = same_label & entry_reliable[None, :] & reliable[:, None]
         features = contrast.features
-        loss_all = sup_con(q, features, same_label, self.temperature, exclude, valid)
+        loss_all = sup_con(q, features, same_label, temperature, exclude, valid)
         if not knn:  # every anchor weight 1; unreliable ones contrast their own key only
             positive = label_positive | own_key
-            loss = sup_con(q, features, positive, self.temperature, exclude, valid)
+            loss = sup_con(q, features, positive, temperature, exclude, valid)
             return loss + self.unreliable_weight * loss_all
         neighbours = knn_positives(
             q.detach(), self.queue.features, self.queue.valid_mask(), self.knn_neighbors
@@ -356,10 +359,10 @@ class PiCOPlus(PiCO):
         # sup_con averages over anchors with positives: here the reliable, resp. unreliable
         # rows. Scaling by their share gives the per-anchor weighted batch mean.
         share = reliable.float().mean()
-        loss_rel = sup_con(q, features, positive_rel, self.temperature, exclude, valid)
-        loss_unrel = sup_con(q, features, positive_unrel, self.temperature, exclude, valid)
+        loss_rel = sup_con(q, features, positive_rel, temperature, exclude, valid)
+        loss_unrel = sup_con(q, features, positive_unrel, temperature, exclude, valid)
         return (
-            self.contrastive_weight * share * loss_rel
+            self.disambiguation.contrastive_weight * share * loss_rel
             + self.unreliable_weight * (1 - share) * loss_unrel
             + self.unreliable_weight * loss_all
         )
