@@ -455,6 +455,21 @@ def test_tabular_ops():
     assert torch.equal(out[~dropped], x[~dropped])
 
 
+def test_per_feature_noise_follows_each_feature_spread():
+    n = 4000
+    gen = _gen(2)
+    dense = 3 * torch.randn(n, 1, generator=gen)
+    sparse = (torch.rand(n, 1, generator=gen) < 0.01).float()
+    x = torch.cat([dense, sparse, torch.zeros(n, 1)], dim=1)
+    noise = A.GaussianNoise(std=0.2, per_feature=True)(x, _gen(3)) - x
+    spread = x.std(dim=0, correction=0)
+    for j in range(2):
+        assert abs(noise[:, j].std().item() / (0.2 * spread[j].item()) - 1) < 0.05
+    assert torch.equal(noise[:, 2], torch.zeros(n))  # a constant feature stays as it is
+    # one row: no spread, no noise
+    assert torch.equal(A.GaussianNoise(std=0.2, per_feature=True)(x[:1], _gen(4)), x[:1])
+
+
 # ---------------------------------------------------------------------------
 # every op: reproducible, shape/dtype preserving, generator-only randomness
 

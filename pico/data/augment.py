@@ -679,13 +679,20 @@ class Cutout(BatchOp):
 
 
 class GaussianNoise(BatchOp):
-    """Add independent N(0, std^2) noise to every feature (tabular data)."""
+    """Add independent N(0, std^2) noise to every feature (tabular data).
 
-    def __init__(self, std: float = 0.1) -> None:
+    With ``per_feature=True`` the noise of each feature is scaled by that feature's
+    standard deviation in the batch: z-scored features get ``std`` as before, while a
+    raw 0/1 indicator that is on in 1 % of the rows gets about a tenth of it, instead of
+    noise ten times its own spread that would drown the few features a sparse row has.
+    """
+
+    def __init__(self, std: float = 0.1, per_feature: bool = False) -> None:
         super().__init__()
         if std < 0:
             raise ValueError(f"std must be non-negative, got {std}")
         self.std = float(std)
+        self.per_feature = per_feature
 
     def sample_params(
         self, shape: Shape, generator: torch.Generator | None = None, device: Device = None
@@ -694,7 +701,10 @@ class GaussianNoise(BatchOp):
         return {"noise": torch.randn(tuple(shape), generator=generator, device=device)}
 
     def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
-        return x + self.std * params["noise"].to(x.dtype)
+        scale = self.std
+        if self.per_feature:
+            scale = self.std * x.std(dim=0, correction=0, keepdim=True)
+        return x + scale * params["noise"].to(x.dtype)
 
 
 class FeatureDropout(BatchOp):
