@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pico._lazy import lazy_exports
-from pico.engine.method import Batch, Method, StepInfo, TaskInfo
+from pico.engine.method import Batch, Method, StepInfo, TaskInfo, constructor_defaults
 
 if TYPE_CHECKING:
     from pico.engine.callbacks import BestCheckpoint, Callback, MetricsFile
@@ -55,6 +55,7 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "build_optimizer",
+    "constructor_defaults",
     "load_checkpoint",
     "resolve_device",
     "save_checkpoint",

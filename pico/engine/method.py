@@ -7,6 +7,7 @@ each optimizer step. The engine knows nothing else about it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from pico.core.ema import ema_step_, momentum_tensors
 #: rate the trainer's schedule (:func:`~pico.engine.optim.warmup_cosine`) leaves at its
 #: base value: no warm-up, no decay
 FIXED_LR = "fixed_lr"
+#: constructor arguments every method takes from the engine rather than from its config
+ENGINE_ARGUMENTS = ("backbone", "task")
 
 
 @dataclass
@@ -255,3 +258,43 @@ class Method(nn.Module):
         trainer's schedule warms up and decays the others (SimSiam's predictor).
         """
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def constructor_parameters(cls: type) -> list[inspect.Parameter]:
+    """The hyperparameters of a method class: the arguments of its constructor after
+    ``backbone`` and ``task``, in signature order.
+
+    A constructor that hands ``**kwargs`` on to its base class (``PiCOPlus`` takes PiCO's
+    arguments that way) contributes its own arguments first, then the base's, a name
+    taken once (the subclass's default wins). ``self``, ``*args`` and ``**kwargs``
+    themselves are left out.
+    """
+    seen: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        for param in params:
+            skip = param.name == "self" or param.name in ENGINE_ARGUMENTS
+            if skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            seen.setdefault(param.name, param)
+        if all(param.kind is not param.VAR_KEYWORD for param in params):
+            break
+    return list(seen.values())
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """Every hyperparameter of a method class with a default, and that default: the
+    values ``cls(backbone, task)`` builds with, which are also the values of the command
+    line's ``method=NAME`` unless ``configs/method/NAME.yaml`` says otherwise
+    (:func:`constructor_parameters` says which arguments count)::
+
+        >>> constructor_defaults(pico.PiCO)["temperature"]
+        0.07
+    """
+    return {
+        param.name: param.default
+        for param in constructor_parameters(cls)
+        if param.default is not param.empty
+    }

@@ -65,10 +65,10 @@ class CAVL(CandidateRows, ClassifierMethod):
         self,
         backbone: nn.Module,
         task: TaskInfo,
-        warmup_epochs: float = 0.0,
+        warmup_epochs: float = 0,
         warmup_min_steps: int = 600,
         warmup_share: float = 0.3,
-        warmup_full_ambiguity: float = 0.0,
+        warmup_full_ambiguity: float = 0,
     ) -> None:
         super().__init__(backbone, task)
         candidates = self.init_candidate_rows(task, "cavl", "targets", uniform_confidence)

@@ -67,7 +67,7 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         proto_momentum: float = 0.99,
         phi_start: float = 0.95,
         phi_end: float = 0.8,
-        warmup_epochs: float = 1.0,
+        warmup_epochs: float = 1,
         warmup_min_steps: int = 600,
         warmup_share: float = 0.3,
         warmup_full_ambiguity: float = 0.3,

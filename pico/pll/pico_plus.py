@@ -201,7 +201,7 @@ class PiCOPlus(PiCO):
         unreliable_weight: float = 0.1,
         reliable_cls_weight: float = 2.0,
         mixup_alpha: float = 4.0,
-        warmup_epochs: float = 5.0,
+        warmup_epochs: float = 5,
         **pico_kwargs: Any,
     ) -> None:
         if reliable_share != "auto" and not (
