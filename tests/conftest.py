@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from pico.configs import method_defaults
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 
 TINY = ["trainer.epochs=2", "trainer.progress=false", "trainer.batch_size=64"]
@@ -132,8 +133,14 @@ def tiny_batch(
 
 
 def method_config(name: str) -> DictConfig:
-    """``configs/method/NAME.yaml`` as written (paper values, no tuning applied)."""
-    return OmegaConf.load(CONFIGS / "method" / f"{name}.yaml")
+    """``configs/method/NAME.yaml`` with its ``method`` node completed, as composing the file
+    completes it, by the constructor defaults it includes (``method_defaults/NAME``): every
+    constructor argument, at its default unless the file sets it (no tuning applied);
+    ``eval`` and ``trainer`` as the file sets them."""
+    cfg = OmegaConf.load(CONFIGS / "method" / f"{name}.yaml")
+    cfg.pop("defaults", None)
+    cfg.method = OmegaConf.merge(method_defaults(cfg.method._target_), cfg.method)
+    return cfg
 
 
 def build_method(method_cfg: DictConfig, num_train: int = 8) -> Method:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 BIN = Path(sys.executable).parent
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -62,6 +63,32 @@ def test_multirun_names_job_folders_by_overrides_and_writes_a_summary(tmp_path):
     assert "| job | status | method | seed | epochs | test/top1 |" in table
     assert "Common overrides: `model.widths=[8,16,16] " in table
     assert f"sweep summary of 4 jobs: {sweep / 'summary.md'}" in out.stdout
+
+
+def test_method_keys_the_yaml_leaves_to_the_constructor_take_overrides(tmp_path):
+    """configs/method/*.yaml no longer list the constructor defaults, yet every argument
+    is a key: method.temperature=0.2 works without a +, in a run and in a sweep, a key
+    that is no argument is still refused, and pico-eval reads the run's checkpoint."""
+    show = [BIN / "pico-train", "--cfg", "job", "method=pico"]
+    out = run([*show, "method.temperature=0.2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    method = OmegaConf.create(out.stdout).method
+    assert "temperature" not in OmegaConf.load(CONFIGS / "method" / "pico.yaml").method
+    assert method.temperature == 0.2 and method.queue_size == 8192  # the others: defaults
+    out = run([*show, "method.temprature=0.2"], tmp_path)
+    assert out.returncode != 0 and "Could not override 'method.temprature'" in out.stderr
+    sweep = tmp_path / "sweep"
+    args = [BIN / "pico-train", "-m", *TINY, "trainer.embedding_figure=false", "trainer.threads=1"]
+    args += ["method=cavl", "method.warmup_min_steps=0,7", f"hydra.sweep.dir={sweep}"]
+    out = run(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for steps in (0, 7):
+        job = sweep / f"method.warmup_min_steps={steps}"
+        stored = OmegaConf.load(job / ".hydra" / "config.yaml").method
+        assert stored.warmup_min_steps == steps and stored.warmup_share == 0.3
+    ckpt = sweep / "method.warmup_min_steps=7" / "checkpoints" / "last.pt"
+    out = run([BIN / "pico-eval", f"checkpoint='{ckpt}'", "device=cpu", "parts=knn"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 HELP = {
