@@ -701,10 +701,10 @@ class GaussianNoise(BatchOp):
         return {"noise": torch.randn(tuple(shape), generator=generator, device=device)}
 
     def apply(self, x: Tensor, params: Params) -> Tensor:  # type: ignore[override]  # see BatchOp
-        scale = self.std
+        noise = params["noise"].to(x.dtype)
         if self.per_feature:
-            scale = self.std * x.std(dim=0, correction=0, keepdim=True)
-        return x + scale * params["noise"].to(x.dtype)
+            return x + self.std * x.std(dim=0, correction=0, keepdim=True) * noise
+        return x + self.std * noise
 
 
 class FeatureDropout(BatchOp):
