@@ -138,7 +138,7 @@ class PiCOPlus(PiCO):
        included) of the share of rows whose classifier prediction over all classes is a
        candidate (:func:`covered_share`). That is about 1 on clean candidate sets, where
        a fixed 0.6 would discard 40 % of them, and about the clean share where true labels
-       are missing (0.77-0.82 on digits with 20 % of them dropped). The paper's
+       are missing (0.75-0.83 on digits with 20 % of them dropped). The paper's
        way (``reliable_per_class=False``) is one ranking over all classes; the official
        code ranks the whole training set once per epoch, from distances stored during
        the previous epoch, while here each batch is ranked as it comes, so no stale
