@@ -48,6 +48,8 @@ def test_bench_folder_leaves_sys_path_after_import() -> None:
 
 def test_wrapper_records_to_bench_results_by_default(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["bench/compare.py", "--help"])
+    # argparse wraps help at the terminal width, and may break a path at a hyphen
+    monkeypatch.setenv("COLUMNS", "1000")
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(BENCH / "compare.py"), run_name="__main__")
     assert exit_info.value.code == 0
