@@ -685,6 +685,8 @@ class GaussianNoise(BatchOp):
     standard deviation in the batch: z-scored features get ``std`` as before, while a
     raw 0/1 indicator that is on in 1 % of the rows gets about a tenth of it, instead of
     noise ten times its own spread that would drown the few features a sparse row has.
+    The ``data=mat`` views keep absolute noise, whose size regularises (docs/evidence.md,
+    "The tabular recipe").
     """
 
     def __init__(self, std: float = 0.1, per_feature: bool = False) -> None:

@@ -136,9 +136,10 @@ class PiCOPlus(PiCO):
        fixes that share (0.6 for its noise rates). The default ``"auto"`` estimates it
        instead: a running mean (momentum :attr:`clean_share_momentum` per step, warm-up
        included) of the share of rows whose classifier prediction over all classes is a
-       candidate (:func:`covered_share`). That is about 1 on clean candidate sets, where
-       a fixed 0.6 would discard 40 % of them, and about the clean share where true labels
-       are missing (0.75-0.83 on digits with 20 % of them dropped). The paper's
+       candidate (:func:`covered_share`). That is about 1 on clean digits, where a fixed
+       0.6 would discard 40 % of the candidate sets, and about the clean share where true
+       labels are missing (0.75-0.83 on digits with 20 % of them dropped); classifier
+       errors count as noise too (0.73 on clean italian). The paper's
        way (``reliable_per_class=False``) is one ranking over all classes; the official
        code ranks the whole training set once per epoch, from distances stored during
        the previous epoch, while here each batch is ranked as it comes, so no stale
