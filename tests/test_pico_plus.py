@@ -10,11 +10,11 @@ from conftest import candidate_task, tiny_backbone
 import pico.pll.pico_plus as pico_plus
 from pico.cli import run_training
 from pico.engine.method import Batch, StepInfo, TaskInfo
+from pico.eval.metrics import covering_share
 from pico.pll.candidates_buffer import soft_cross_entropy
 from pico.pll.pico import PiCO
 from pico.pll.pico_plus import (
     PiCOPlus,
-    covered_share,
     guess_targets,
     knn_positives,
     masked_mean,
@@ -474,16 +474,16 @@ def test_one_epoch_end_to_end_on_noisy_digits(make_config, tmp_path):
     assert math.isfinite(final["train/loss"])
 
 
-def test_covered_share_counts_predictions_inside_the_candidate_set():
+def test_covering_share_counts_predictions_inside_the_candidate_set():
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(50, 6, generator=gen)
     cands = torch.rand(50, 6, generator=gen) < 0.4
     cands[torch.arange(50), torch.randint(0, 6, (50,), generator=gen)] = True
     naive = sum(bool(cands[i, int(logits[i].argmax())]) for i in range(50)) / 50
-    assert float(covered_share(logits, cands)) == pytest.approx(naive)
+    assert float(covering_share(logits.argmax(1), cands)) == pytest.approx(naive)
 
 
-def test_auto_share_follows_the_covered_share_and_sets_the_reliable_count():
+def test_auto_share_follows_the_covering_share_and_sets_the_reliable_count():
     """With reliable_share="auto" every step (warm-up included) moves the running clean-share
     estimate towards the batch's covered share, and after warm-up that estimate is the
     share of each class's rows marked reliable."""
@@ -493,7 +493,7 @@ def test_auto_share_follows_the_covered_share_and_sets_the_reliable_count():
         b = batch([(3 * step + j) % N for j in range(6)], step)
         logits, q, _ = forward_reference(model, b)
         cands = model.candidates[b.index]
-        expected += 0.01 * (float(covered_share(logits, cands)) - expected)
+        expected += 0.01 * (float(covering_share(logits.argmax(1), cands)) - expected)
         if step >= WARMUP:
             protos = model.prototypes.clone()
             within = (logits.softmax(1) * cands).argmax(1)
@@ -510,11 +510,11 @@ def test_auto_share_follows_the_covered_share_and_sets_the_reliable_count():
             assert float(out["reliable"]) == 1.0
 
 
-def test_covered_share_of_a_perfect_model_is_the_clean_share():
+def test_covering_share_of_a_perfect_model_is_the_clean_share():
     """A model that predicts the true label everywhere covers exactly the rows whose
     candidate set holds it."""
     targets = torch.arange(24) % C
     cands = F.one_hot(targets, C).bool() | F.one_hot((targets + 1) % C, C).bool()
     cands[:4] = F.one_hot((targets[:4] + 2) % C, C).bool()  # noisy rows: true label missing
     logits = F.one_hot(targets, C).float() * 5
-    assert float(covered_share(logits, cands)) == pytest.approx(20 / 24)
+    assert float(covering_share(logits.argmax(1), cands)) == pytest.approx(20 / 24)

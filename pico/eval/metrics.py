@@ -13,10 +13,16 @@ def topk_accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> float:
     return hits.float().mean().item()
 
 
+def covering_share(predictions: Tensor, candidates: Tensor) -> Tensor:
+    """Share of predictions that lie inside the row's candidate set, as a 0-d tensor on
+    the inputs' device (no host synchronisation: usable inside a training step)."""
+    inside = candidates.gather(1, predictions[:, None]).squeeze(1)
+    return inside.float().mean()
+
+
 def covering_rate(predictions: Tensor, candidates: Tensor) -> float:
     """Share of predictions that lie inside the row's candidate set (label-free)."""
-    inside = candidates.gather(1, predictions[:, None]).squeeze(1)
-    return inside.float().mean().item()
+    return covering_share(predictions, candidates).item()
 
 
 def approximated_accuracy(probs: Tensor, candidates: Tensor) -> float:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pico.core.distributed import gather_no_grad, get_rank
 from pico.core.losses import sup_con
 from pico.engine.method import Batch, StepInfo, TaskInfo
+from pico.eval.metrics import covering_share
 from pico.pll.candidates_buffer import soft_cross_entropy
 from pico.pll.disambiguation import prototype_labels, update_confidence_
 from pico.pll.pico import PiCO
@@ -108,17 +109,6 @@ def mixup(x: Tensor, targets: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor
     return mixed_x, mixed_targets
 
 
-def covered_share(logits: Tensor, candidates: Tensor) -> Tensor:
-    """Share of rows whose prediction over all classes is one of their candidates.
-
-    Where a row's candidate set misses its true label, a classifier that learned the
-    other rows tends to predict outside the set, so on a trained model this share
-    estimates the share of rows with clean candidate sets (about 1 for clean data).
-    """
-    predicted = logits.argmax(dim=1, keepdim=True)
-    return candidates.bool().gather(1, predicted).float().mean()
-
-
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over rows where ``mask`` is True (0 when none is)."""
     return (values * mask).sum() / mask.sum().clamp_min(1)
@@ -136,11 +126,11 @@ class PiCOPlus(PiCO):
        fixes that share (0.6 for its noise rates). The default ``"auto"`` estimates it
        instead: a running mean (momentum :attr:`clean_share_momentum` per step, warm-up
        included) of the share of rows whose classifier prediction over all classes is a
-       candidate (:func:`covered_share`). That is about 1 on clean digits, where a fixed
-       0.6 would discard 40 % of the candidate sets, and about the clean share where true
-       labels are missing (0.75-0.83 on digits with 20 % of them dropped); classifier
-       errors count as noise too (0.73 on clean italian). The paper's
-       way (``reliable_per_class=False``) is one ranking over all classes; the official
+       candidate (:func:`~pico.eval.metrics.covering_share`). That is about 1 on clean
+       digits, where a fixed 0.6 would discard 40 % of the candidate sets, and about the
+       clean share where true labels are missing (0.75-0.83 on digits with 20 % of them
+       dropped); classifier errors count as noise too (0.73 on clean italian). The
+       paper's way (``reliable_per_class=False``) is one ranking over all classes; the official
        code ranks the whole training set once per epoch, from distances stored during
        the previous epoch, while here each batch is ranked as it comes, so no stale
        distances are kept. With ``reliable_per_class`` (the default: on digits one
@@ -294,10 +284,12 @@ class PiCOPlus(PiCO):
     def _reliable_share(self, logits: Tensor, candidates: Tensor) -> float | Tensor:
         """The share of a batch to mark reliable: ``reliable_share``, or with ``"auto"`` the
         running estimate of the clean share, moved each step (warm-up included) towards the
-        gathered batch's :func:`covered_share`."""
+        gathered batch's :func:`~pico.eval.metrics.covering_share` (the training-time
+        covering rate)."""
         if self.reliable_share != "auto":
             return float(self.reliable_share)
-        batch_share = covered_share(gather_no_grad(logits.float()), gather_no_grad(candidates))
+        predictions = gather_no_grad(logits.detach().argmax(dim=1))
+        batch_share = covering_share(predictions, gather_no_grad(candidates))
         self.clean_share.lerp_(batch_share, 1 - self.clean_share_momentum)
         return self.clean_share.clone()
 
