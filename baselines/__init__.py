@@ -1,9 +1,10 @@
 """Self-supervised baselines on the same engine as PiCO: MoCo v2, MoCo v3, SimCLR, BYOL,
-SimSiam, SwAV, DINO and instance discrimination."""
+SimSiam, SwAV, DINO, instance discrimination, InvaSpread, Deep InfoMax and CPC."""
 
 from __future__ import annotations
 
 from pico.baselines.byol import BYOL, byol_loss
+from pico.baselines.cpc import CPC, GRUContext, MaskedConvContext, RowCausalConv2d, patch_grid
 from pico.baselines.dim import DIM
 from pico.baselines.dino import DINO, DINOHead, dino_loss
 from pico.baselines.instdisc import InstDisc
@@ -16,13 +17,17 @@ from pico.baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 
 __all__ = [
     "BYOL",
+    "CPC",
     "DIM",
     "DINO",
     "DINOHead",
+    "GRUContext",
     "InstDisc",
     "InvaSpread",
+    "MaskedConvContext",
     "MoCo",
     "MoCoV3",
+    "RowCausalConv2d",
     "SimCLR",
     "SimSiam",
     "SwAV",
@@ -30,6 +35,7 @@ __all__ = [
     "dino_loss",
     "mocov3_loss",
     "negative_cosine",
+    "patch_grid",
     "sinkhorn_knopp",
     "swapped_prediction_loss",
 ]

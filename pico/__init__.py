@@ -25,6 +25,7 @@ from pico._lazy import lazy_exports
 from pico.core import (
     FeatureQueue,
     cosine_momentum,
+    cpc_loss,
     ema_update_,
     info_nce,
     invaspread_loss,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from pico.api import Evaluation, evaluate, train
     from pico.baselines import (
         BYOL,
+        CPC,
         DIM,
         InstDisc,
         InvaSpread,
@@ -95,6 +97,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "BYOL": "pico.baselines",
+        "CPC": "pico.baselines",
         "DIM": "pico.baselines",
         "InstDisc": "pico.baselines",
         "InvaSpread": "pico.baselines",
@@ -122,6 +125,7 @@ __all__ = [
     "BYOL",
     "CAVL",
     "CC",
+    "CPC",
     "DIM",
     "LWS",
     "PRODEN",
@@ -157,6 +161,7 @@ __all__ = [
     "cifar_resnet",
     "cosine_momentum",
     "covering_rate",
+    "cpc_loss",
     "ema_update_",
     "evaluate",
     "feature_dim",

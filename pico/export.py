@@ -243,13 +243,19 @@ def _image_resize(data_cfg: DictConfig) -> dict[str, Any]:
 
 def _classifier(method: Method, probe: Tensor, preprocess: BatchAugment) -> nn.Module | None:
     """The method's ``classifier`` head, checked to give its logits on ``probe``; ``None``
-    for a method without logits."""
+    for a method without logits, checked to give its evaluated features as the backbone
+    alone does (the export's output)."""
     if len(probe) == 0:
         return None
     x = preprocess(probe)
     with torch.no_grad():
         logits = method.logits(x)
         if logits is None:
+            if not torch.allclose(method.backbone_module()(x), method.features(x), atol=1e-5):
+                raise ValueError(
+                    f"the features of {type(method).__name__} (what its evaluation reads) are not "
+                    "backbone(x); pico-export supports parts=backbone for it"
+                )
             return None
         head = getattr(method, "classifier", None)
         if not isinstance(head, nn.Linear):

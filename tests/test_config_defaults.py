@@ -6,6 +6,7 @@ builds."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from typing import Any
@@ -28,6 +29,9 @@ METHODS = sorted(path.stem for path in (CONFIGS / "method").glob("*.yaml"))
 EXCEPTIONS: dict[tuple[str, str], str] = {}
 #: methods that read a spatial feature map of the backbone (DIM's local features)
 SPATIAL = {"dim"}
+#: methods that encode patches of the image (CPC): a convolutional backbone, and images of
+#: 32 px, where the default grid (8 px patches at stride 4) fits
+PATCHES = {"cpc"}
 #: a constructor argument without a default
 REQUIRED = inspect.Parameter.empty
 
@@ -124,8 +128,9 @@ def test_every_key_takes_an_override(name: str) -> None:
 
 
 def tiny_encoder(name: str) -> nn.Module:
-    """A small backbone for method ``name``: convolutional where it needs a feature map."""
-    return SmallConvNet(widths=(4, 8)) if name in SPATIAL else tiny_backbone(8)
+    """A small backbone for method ``name``: convolutional where it needs a feature map or
+    encodes patches."""
+    return SmallConvNet(widths=(4, 8)) if name in SPATIAL | PATCHES else tiny_backbone(8)
 
 
 def attributes(module: nn.Module) -> dict[str, Any]:
@@ -150,6 +155,8 @@ def test_python_defaults_build_the_cli_method(name: str) -> None:
     purpose, nothing today) equals the one the CLI builds from the composed config (same
     seed, so the same initial weights)."""
     task = candidate_task()
+    if name in PATCHES:
+        task = dataclasses.replace(task, input_shape=(1, 32, 32))
     torch.manual_seed(0)
     python = constructor(name)(tiny_encoder(name), task, **own_keys(name))
     torch.manual_seed(0)

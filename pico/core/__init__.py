@@ -26,6 +26,7 @@ from pico.core.ema import (
     momentum_tensors,
 )
 from pico.core.losses import (
+    cpc_loss,
     info_nce,
     invaspread_loss,
     jsd_mi_loss,
@@ -49,6 +50,7 @@ __all__ = [
     "bank_logits",
     "broadcast_object",
     "cosine_momentum",
+    "cpc_loss",
     "ema_step_",
     "ema_update_",
     "encode_views",

@@ -1,9 +1,11 @@
 """Contrastive losses: MoCo InfoNCE, SimCLR NT-Xent, masked supervised contrast,
-InvaSpread, triplet and margin contrastive losses, and the Deep InfoMax JSD estimator.
+InvaSpread, CPC's InfoNCE over patches, triplet and margin contrastive losses, and the Deep
+InfoMax JSD estimator.
 
 All functions are pure. The softmax losses expect L2-normalised embeddings (rows of
 unit norm), so dot products are cosine similarities divided by the temperature; the
-triplet and margin losses work on Euclidean distances of any embeddings. Logits are computed
+triplet and margin losses work on Euclidean distances of any embeddings, and CPC's loss
+scores raw dot products (its log-bilinear critic). Logits are computed
 in at least float32, normalised with ``logsumexp`` / ``cross_entropy``, and masked
 entries are replaced by the dtype's most negative finite value (never ``-inf``), so
 fully masked rows cannot produce NaN in the value or the gradient. Masked queue or
@@ -444,3 +446,44 @@ def invaspread_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     positive_term = -log_p.gather(1, partner[:, None]).squeeze(1)
     negative_term = -torch.where(negative, _log1mexp(log_p), 0.0).sum(dim=1)
     return (positive_term + negative_term).mean()
+
+
+def cpc_loss(predictions: Tensor, encodings: Tensor) -> Tensor:
+    """Contrastive Predictive Coding's InfoNCE over a grid of patch encodings (van den Oord
+    et al. 2018; Hénaff et al. 2019).
+
+    ``encodings`` ``(B, Gh, Gw, D)`` holds ``z[b, r, c]``, the encoding of the patch in row
+    ``r`` and column ``c`` of image ``b``; ``predictions`` ``(B, K, Gh, Gw, D)`` holds
+    ``p[b, k - 1, r, c]``, the prediction of ``z[b, r + k, c]`` made from the context at
+    ``(b, r, c)``, for the offsets ``k = 1..K`` (``K < Gh``). Predictions whose target lies
+    below the grid (``r + k >= Gh``) are ignored. Each prediction scores every encoding by
+    the dot product (the log-bilinear critic ``z^T W_k c``, no normalisation, no
+    temperature): its positive is its target, its negatives the other ``B * Gh * Gw - 1``
+    encodings, that is every other patch of its own image and every patch of the other
+    images. Per offset the cross-entropy is averaged over its ``B * (Gh - k) * Gw``
+    predictions; the loss is the mean over the ``K`` offsets, each counting alike.
+    """
+    if encodings.ndim != 4:
+        raise ValueError(
+            f"encodings must be a (B, Gh, Gw, D) grid, got shape {tuple(encodings.shape)}"
+        )
+    b, gh, gw, d = encodings.shape
+    if predictions.ndim != 5 or (predictions.shape[0], *predictions.shape[2:]) != (b, gh, gw, d):
+        raise ValueError(
+            f"predictions must have shape (B, K, Gh, Gw, D) = ({b}, K, {gh}, {gw}, {d}) like "
+            f"the encodings, got {tuple(predictions.shape)}"
+        )
+    steps = predictions.shape[1]
+    if not 1 <= steps < gh:
+        raise ValueError(
+            f"predictions must hold K = 1..{gh - 1} offsets for a grid of {gh} rows (each "
+            f"offset needs a target row below), got K={steps}"
+        )
+    contrast = encodings.reshape(-1, d)
+    position = torch.arange(b * gh * gw, device=encodings.device).view(b, gh, gw)
+    per_offset = []
+    for k in range(1, steps + 1):
+        anchors = predictions[:, k - 1, : gh - k].reshape(-1, d)
+        target = position[:, k:].reshape(-1)
+        per_offset.append(F.cross_entropy(_logits(anchors, contrast, 1.0), target))
+    return torch.stack(per_offset).mean()

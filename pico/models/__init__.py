@@ -1,5 +1,6 @@
 """Backbones (CIFAR-stem ResNets, a small ConvNet, small-image ViTs, an MLP for tabular
-data), heads, and :func:`feature_dim`, the feature width of any backbone.
+data), heads, and :func:`feature_dim`, the feature width of any backbone
+(:func:`measured_feature_dim` measures it on inputs of a given shape).
 
 :func:`build_backbone` (a backbone from a Hydra ``model`` config), the ResNets, the ViT and
 :func:`timm_backbone` load on first use, so importing this package needs neither Hydra,
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pico._lazy import lazy_exports
 from pico.models.convnet import SmallConvNet
-from pico.models.dims import feature_dim
+from pico.models.dims import feature_dim, measured_feature_dim
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
 from pico.models.transfer import backbone_state, load_backbone_
@@ -46,6 +47,7 @@ __all__ = [
     "feature_dim",
     "imagenet_resnet",
     "load_backbone_",
+    "measured_feature_dim",
     "mlp_head",
     "timm_backbone",
 ]

@@ -27,6 +27,18 @@ def feature_dim(backbone: nn.Module, input_shape: Sequence[int] | None = None) -
             "'out_dim' and no input shape was given to measure it; set backbone.out_dim = D "
             "(its feature width) or pass TaskInfo(..., input_shape=(C, H, W))"
         )
+    return measured_feature_dim(backbone, input_shape)
+
+
+def measured_feature_dim(backbone: nn.Module, input_shape: Sequence[int]) -> int:
+    """Width ``D`` of the ``(B, D)`` features ``backbone`` returns for inputs of
+    ``input_shape`` (one example's shape), always measured with one forward pass of two zero
+    inputs, whatever its ``out_dim`` says: also the check that the backbone takes inputs of
+    that shape (CPC's patches, smaller than the images the backbone was built for). The pass
+    runs in evaluation mode and without gradients, so no BatchNorm statistics move; a
+    failing pass or an output that is not ``(batch, features)`` is a ``ValueError``.
+    """
+    name = type(backbone).__name__
     floats = (t for t in (*backbone.parameters(), *backbone.buffers()) if t.is_floating_point())
     like = next(floats, torch.zeros(()))
     x = torch.zeros(2, *input_shape, device=like.device, dtype=like.dtype)
