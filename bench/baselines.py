@@ -1,16 +1,20 @@
-"""Unsupervised baselines: kNN and linear-probe test accuracy against two floors.
+"""Unsupervised baselines: kNN and linear-probe test accuracy against two floors (three
+for a method that evaluates other features than its backbone's).
 
 For each method and seed this trains ``pico-train method=M data=DATA`` (one subprocess
 at a time unless ``--parallel``) and reads its ``metrics.json``: kNN test accuracy of the
 last epoch (``final``) and of the checkpoint chosen by validation kNN (``selected``), the
-linear probe of the last epoch, and the wall time of the run. Two reference points use
+linear probe of the last epoch, and the wall time of the run. The reference points use
 the very same splits (the composed ``train`` config, ``pico.data.sources.load_data``):
 
 * raw pixels: the test recipe's normalisation, flattened;
 * random init: the configured backbone built after ``torch.manual_seed(seed)`` exactly as
-  a run builds it, in eval mode, pooled backbone features.
+  a run builds it, in eval mode, pooled backbone features;
+* for a method whose evaluation reads other features than its backbone's (CPC: the mean of
+  its patch encodings), ``random init, METHOD features``: the random-init method read
+  through them.
 
-Both are scored with :func:`pico.eval.knn.knn_predict` (k and temperature from
+All are scored with :func:`pico.eval.knn.knn_predict` (k and temperature from
 ``configs/eval/default.yaml``) and with :func:`pico.eval.linear.linear_probe`.
 
 Example:
@@ -25,6 +29,7 @@ import argparse
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -32,13 +37,16 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+from torch import Tensor
 
-from pico.data.augment import build_augment
-from pico.data.sources import load_data
+from pico.data.augment import BatchAugment, build_augment
+from pico.data.sources import DataBundle, load_data
+from pico.engine.method import Method
 from pico.eval.features import collect
 from pico.eval.knn import knn_predict
 from pico.eval.linear import linear_probe
 from pico.eval.metrics import topk_accuracy
+from pico.experiment import build_experiment
 from pico.models.factory import build_backbone
 
 # bench/ is not a package. Python puts a script's folder first on sys.path, where
@@ -50,7 +58,7 @@ from common import train as train_run
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
-METHODS = ("moco", "simclr", "byol", "instdisc", "simsiam", "mocov3")
+METHODS = ("moco", "simclr", "byol", "instdisc", "simsiam", "mocov3", "cpc")
 
 
 #: config groups that shape the reference points (splits, backbone, test views, kNN)
@@ -75,25 +83,51 @@ def references(
     bundle = load_data(cfg.data)
     backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind).eval()
     preprocess = build_augment(cfg.aug.test, bundle.mean, bundle.std)
+    return {
+        name: score(fn, bundle, preprocess, cfg)
+        for name, fn in (("raw pixels", lambda x: x.flatten(1)), ("random init", backbone))
+    }
+
+
+def method_reference(
+    seed: int, method: str, overrides: list[str], data: str = "digits"
+) -> dict[str, dict[str, float]]:
+    """kNN and linear-probe test accuracy of the random-init ``method``, built exactly as a
+    run of it builds it, read through its own ``features`` (CPC: the mean of its patch
+    encodings) where these are not its backbone's; empty otherwise."""
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"method={method}", f"data={data}", f"seed={seed}", *overrides]
+        )
+    torch.manual_seed(seed)
+    exp = build_experiment(cfg)
+    if type(exp.method).features is Method.features:
+        return {}
+    row = score(exp.method.eval().features, exp.bundle, exp.augmenters["test"], cfg)
+    return {f"random init, {method} features": row}
+
+
+def score(
+    fn: Callable[[Tensor], Tensor], bundle: DataBundle, preprocess: BatchAugment, cfg: DictConfig
+) -> dict[str, float]:
+    """kNN (k and temperature of ``cfg.eval.knn``) and linear-probe test accuracy of the
+    features ``fn`` gives, train split against test split, on the CPU."""
     device = torch.device("cpu")
     train_y, test_y = bundle.train.targets, bundle.test.targets
-    out = {}
-    for name, fn in (("raw pixels", lambda x: x.flatten(1)), ("random init", backbone)):
-        train = collect(fn, bundle.train.inputs, preprocess, device)
-        test = collect(fn, bundle.test.inputs, preprocess, device)
-        scores = knn_predict(
-            train,
-            train_y,
-            test,
-            bundle.num_classes,
-            k=cfg.eval.knn.k,
-            temperature=cfg.eval.knn.temperature,
-        )
-        out[name] = {
-            "knn": topk_accuracy(scores, test_y, 1),
-            "linear": linear_probe(train, train_y, test, test_y)["linear_top1"],
-        }
-    return out
+    train = collect(fn, bundle.train.inputs, preprocess, device)
+    test = collect(fn, bundle.test.inputs, preprocess, device)
+    scores = knn_predict(
+        train,
+        train_y,
+        test,
+        bundle.num_classes,
+        k=cfg.eval.knn.k,
+        temperature=cfg.eval.knn.temperature,
+    )
+    return {
+        "knn": topk_accuracy(scores, test_y, 1),
+        "linear": linear_probe(train, train_y, test, test_y)["linear_top1"],
+    }
 
 
 def train(
@@ -182,7 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     common = shlex.split(args.common)
-    refs = [references(seed, common, args.data) for seed in args.seeds]
+    refs = [
+        references(seed, common, args.data)
+        | {
+            name: row
+            for method in args.methods
+            for name, row in method_reference(seed, method, common, args.data).items()
+        }
+        for seed in args.seeds
+    ]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     jobs = [
         (method, seed, args.out / stamp / f"{method}_seed{seed}")

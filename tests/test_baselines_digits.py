@@ -15,6 +15,7 @@ from torch import nn
 from pico.baselines.moco import MoCo
 from pico.data.augment import build_augment
 from pico.engine.method import Batch
+from pico.experiment import build_experiment
 
 INFO = step_info()
 
@@ -193,3 +194,19 @@ def test_bench_references_keep_only_data_model_aug_eval_overrides() -> None:
         3, ["method.temperature=0.1", "eval.knn.k=5", "data.val_fraction=0.2"]
     )
     assert cfg.seed == 3 and cfg.eval.knn.k == 5 and cfg.data.val_fraction == 0.2
+
+
+def test_bench_method_reference_reads_the_random_init_method_through_its_features() -> None:
+    bench = _bench_module()
+    small = ["model.widths=[8,16,16]"]
+    assert bench.method_reference(0, "simclr", small) == {}  # its features are the backbone's
+    (name, row), *rest = bench.method_reference(0, "cpc", small).items()
+    assert name == "random init, cpc features" and not rest
+    assert 0.5 < row["knn"] <= 1 and 0.5 < row["linear"] <= 1
+    # the same number as the random-init CPC built as a run builds it, read by hand
+    with initialize_config_module("pico.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["method=cpc", "data=digits", "seed=0", *small])
+    torch.manual_seed(0)
+    exp = build_experiment(cfg)
+    again = bench.score(exp.method.eval().features, exp.bundle, exp.augmenters["test"], cfg)
+    assert again == row
