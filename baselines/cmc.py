@@ -19,7 +19,7 @@ from pico.models.dims import feature_dim
 
 #: view rules of :class:`ViewSplit`; ``"auto"`` picks ``"lab"`` for 3-channel images and
 #: ``"halves"`` for everything else
-SPLITS = ("auto", "lab", "l_a_b", "halves")
+SPLITS = ("auto", "lab", "l_a_b", "halves", "interleaved")
 #: ``"core"``: every view against view 0; ``"full"``: every pair of views
 OBJECTIVES = ("core", "full")
 
@@ -112,6 +112,8 @@ class ViewSplit(nn.Module):
       whole image at half resolution, which a network can match by low-level continuity
       alone, while two halves share little but what the image shows as a whole (which
       digit it is), as L and ab share the scene but not its colours;
+    * ``"interleaved"``, the alternative kept for comparison: even rows against odd
+      rows (even features against odd ones);
     * ``"auto"``: ``"lab"`` for 3-channel images, ``"halves"`` otherwise.
 
     ``shapes`` holds one example's shape per view.
@@ -147,9 +149,9 @@ class ViewSplit(nn.Module):
                 f"{kind} inputs of shape {shape}; use split=halves"
             )
         cut = shape[1] if kind == "image" else shape[0]
-        if rule == "halves" and cut < 2:
+        if rule in ("halves", "interleaved") and cut < 2:
             raise ValueError(
-                f"CMC split='halves' cuts the {'rows' if kind == 'image' else 'features'} in "
+                f"CMC split={rule!r} cuts the {'rows' if kind == 'image' else 'features'} in "
                 f"two and needs at least 2 of them, got input shape {shape}"
             )
         if rule in ("lab", "l_a_b") and (len(mean), len(std)) not in ((0, 0), (3, 3)):
@@ -165,18 +167,23 @@ class ViewSplit(nn.Module):
             self.shapes = [(1, *shape[1:]), (2, *shape[1:])]
         elif rule == "l_a_b":
             self.shapes = [(1, *shape[1:])] * 3
-        elif kind == "image":
-            half = shape[1] // 2
-            self.shapes = [(shape[0], half, shape[2]), (shape[0], shape[1] - half, shape[2])]
         else:
-            self.shapes = [(shape[0] // 2,), (shape[0] - shape[0] // 2,)]
+            # halves: the first part floor(n / 2) long; interleaved: the even ones first
+            first = cut // 2 if rule == "halves" else cut - cut // 2
+            parts = (first, cut - first)
+            self.shapes = [
+                (shape[0], part, shape[2]) if kind == "image" else (part,) for part in parts
+            ]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """One tensor per view of the batch ``x``."""
-        if self.rule == "halves":
-            dim = -2 if self.kind == "image" else -1
-            half = x.shape[dim] // 2
-            return [x.narrow(dim, 0, half), x.narrow(dim, half, x.shape[dim] - half)]
+        if self.rule in ("halves", "interleaved"):
+            dim = x.ndim - 2 if self.kind == "image" else x.ndim - 1
+            n = x.shape[dim]
+            if self.rule == "halves":
+                return [x.narrow(dim, 0, n // 2), x.narrow(dim, n // 2, n - n // 2)]
+            even = torch.arange(0, n, 2, device=x.device)
+            return [x.index_select(dim, even), x.index_select(dim, even[: n // 2] + 1)]
         rgb = x
         if self.mean.numel():
             rgb = x * self.std.to(x.dtype)[:, None, None] + self.mean.to(x.dtype)[:, None, None]
@@ -220,7 +227,11 @@ class CMC(Method):
 
     * Views (``split``, see :class:`ViewSplit`): L and ab of L*a*b* for RGB images (the
       paper), L, a and b as three views, or for grayscale images and feature vectors two
-      halves (top and bottom rows; first and second half of the features).
+      halves (top and bottom rows; first and second half of the features). The views
+      are cut from one augmented view (the ``contrastive`` recipe) of each image. The
+      paper augments by cropping and flipping only; colour jitter and random grayscale
+      (``aug=cifar``'s recipe) change the ab view too, and a grayscale image has
+      a = b = 0.
     * ``objective``: ``"core"`` sums the losses of the pairs with view 0 (L), ``"full"``
       those of every pair (:func:`view_pairs`); with two views they agree.
     * Loss: the exact softmax over the bank, or NCE against ``num_noise`` uniformly drawn

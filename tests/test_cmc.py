@@ -113,6 +113,19 @@ def test_halves_split_images_by_rows_and_rows_by_features() -> None:
     assert ViewSplit("halves", (8,)).kind == "tabular"  # the kind read from the shape
 
 
+def test_interleaved_split_takes_even_then_odd_rows_or_features() -> None:
+    x = torch.randn(2, 1, 5, 3)
+    split = ViewSplit("interleaved", (1, 5, 3), "image")
+    assert split.shapes == [(1, 3, 3), (1, 2, 3)]
+    even, odd = split(x)
+    assert torch.equal(even, x[:, :, 0::2]) and torch.equal(odd, x[:, :, 1::2])
+    rows = torch.randn(4, 7)
+    split = ViewSplit("interleaved", (7,), "tabular")
+    assert split.shapes == [(4,), (3,)]
+    even, odd = split(rows)
+    assert torch.equal(even, rows[:, 0::2]) and torch.equal(odd, rows[:, 1::2])
+
+
 def test_lab_split_undoes_the_normalisation_and_cuts_l_from_ab() -> None:
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     raw = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -140,6 +153,8 @@ def test_bad_splits_are_clear_errors() -> None:
         ViewSplit("l_a_b", (12,), "tabular")
     with pytest.raises(ValueError, match="at least 2 of them"):
         ViewSplit("halves", (1, 1, 8), "image")
+    with pytest.raises(ValueError, match="at least 2 of them"):
+        ViewSplit("interleaved", (1,), "tabular")
     with pytest.raises(ValueError, match="one mean and one std per RGB channel"):
         ViewSplit("lab", (3, 4, 4), "image", (0.5,), (0.5,))
     with pytest.raises(ValueError, match="image inputs of 3 dimension"):
@@ -409,3 +424,18 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(make_config, t
     final = assert_exact_resume(make_config, tmp_path, "method=cmc")
     assert final["method"]["memory_bank"].shape[0] == 2
     assert any(k.startswith("backbone.encoders.1.") for k in final["method"])
+
+
+def test_export_refuses_the_per_view_backbone_and_names_parts_backbone(make_config) -> None:
+    from pico.experiment import build_experiment
+    from pico.export import check_rebuilds
+
+    for name in ("cmc", "instdisc"):
+        cfg = make_config(f"method={name}")
+        exp = build_experiment(cfg)
+        shape, kind = exp.bundle.input_shape, exp.bundle.kind
+        if name == "instdisc":  # one model: the export rebuilds it
+            check_rebuilds(exp.method, cfg.model, shape, kind)
+            continue
+        with pytest.raises(ValueError, match="supports parts=backbone for it"):
+            check_rebuilds(exp.method, cfg.model, shape, kind)
