@@ -111,7 +111,8 @@ class ViewSplit(nn.Module):
       interleaved pixels: interleaved rows or columns would be two near-copies of the
       whole image at half resolution, which a network can match by low-level continuity
       alone, while two halves share little but what the image shows as a whole (which
-      digit it is), as L and ab share the scene but not its colours;
+      digit it is), as L and ab share the scene but not its colours. On digits the
+      halves gave the better features (bench/RESULTS.md, "CMC on digits");
     * ``"interleaved"``, the alternative kept for comparison: even rows against odd
       rows (even features against odd ones);
     * ``"auto"``: ``"lab"`` for 3-channel images, ``"halves"`` otherwise.
@@ -194,9 +195,10 @@ class ViewSplit(nn.Module):
 
 
 class MultiViewEncoder(nn.Module):
-    """The view split and one encoder per view. Its output, what the kNN, the linear probe
-    and ``pico-export`` read as the backbone's features, is the concatenation of the
-    views' pooled features, as the paper evaluates CMC; ``out_dim`` is their sum."""
+    """The view split and one encoder per view. Its output, what the kNN and the linear
+    probe read as the backbone's features, is the concatenation of the views' pooled
+    features, as the paper evaluates CMC; ``out_dim`` is their sum. ``pico-export``
+    writes it with ``parts=backbone`` only: the other exports rebuild one model."""
 
     def __init__(self, split: ViewSplit, encoders: Sequence[nn.Module]) -> None:
         super().__init__()
