@@ -293,7 +293,15 @@ class CMC(Method):
                 "TaskInfo(..., make_backbone=fn), fn(shape) returning a backbone for inputs "
                 "of that shape, e.g. lambda shape: pico.models.SmallConvNet(shape[0])"
             )
-        encoders = [task.make_backbone(shape) for shape in views.shapes]
+        encoders = []
+        for shape in views.shapes:
+            try:
+                encoders.append(task.make_backbone(shape))
+            except ValueError as err:
+                raise ValueError(
+                    f"CMC split={views.rule!r} gives views of shapes {views.shapes}, and the "
+                    f"model cannot take inputs of shape {shape}: {err}"
+                ) from err
         self.backbone = MultiViewEncoder(views, encoders)
         self.heads = nn.ModuleList(nn.Linear(dim, proj_dim) for dim in self.backbone.out_dims)
         self.split = views.rule

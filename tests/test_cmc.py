@@ -17,6 +17,7 @@ from pico.baselines.cmc import CMC, ViewSplit, cmc_loss, directed_pairs, view_pa
 from pico.data.color import LAB_RANGE, normalize_lab, rgb_to_lab
 from pico.engine.method import Batch, TaskInfo
 from pico.models.convnet import SmallConvNet
+from pico.models.vit import VisionTransformer
 
 DT = torch.float64
 INFO = step_info()
@@ -381,6 +382,20 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
         method.after_optimizer_step(INFO)
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+def test_colour_views_train_on_vits_and_halves_name_the_shape_a_vit_refuses() -> None:
+    def vit(shape: tuple[int, ...]) -> nn.Module:
+        return VisionTransformer(shape[0], shape[1:], patch_size=2, width=8, depth=1, heads=2)
+
+    torch.manual_seed(0)
+    method = CMC(nn.Identity(), _task((3, 4, 4), factory=vit), proj_dim=8)
+    loss = method.training_step(_batch([0, 3, 5], shape=(3, 4, 4)), INFO)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in method.backbone.parameters())
+    with pytest.raises(ValueError, match=r"gives views of shapes .*\(1, 2, 4\).*square images"):
+        CMC(nn.Identity(), _task((1, 4, 4), factory=vit))
 
 
 def test_bad_arguments_raise_value_error() -> None:
