@@ -1,9 +1,10 @@
 """Self-supervised baselines on the same engine as PiCO: MoCo v2, MoCo v3, SimCLR, BYOL,
-SimSiam, SwAV, DINO and instance discrimination."""
+SimSiam, SwAV, DINO, instance discrimination, InvaSpread, Deep InfoMax and CMC."""
 
 from __future__ import annotations
 
 from pico.baselines.byol import BYOL, byol_loss
+from pico.baselines.cmc import CMC, cmc_loss
 from pico.baselines.dim import DIM
 from pico.baselines.dino import DINO, DINOHead, dino_loss
 from pico.baselines.instdisc import InstDisc
@@ -16,6 +17,7 @@ from pico.baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 
 __all__ = [
     "BYOL",
+    "CMC",
     "DIM",
     "DINO",
     "DINOHead",
@@ -27,6 +29,7 @@ __all__ = [
     "SimSiam",
     "SwAV",
     "byol_loss",
+    "cmc_loss",
     "dino_loss",
     "mocov3_loss",
     "negative_cosine",

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from pico.api import Evaluation, evaluate, train
     from pico.baselines import (
         BYOL,
+        CMC,
         DIM,
         InstDisc,
         InvaSpread,
@@ -95,6 +96,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "BYOL": "pico.baselines",
+        "CMC": "pico.baselines",
         "DIM": "pico.baselines",
         "InstDisc": "pico.baselines",
         "InvaSpread": "pico.baselines",
@@ -122,6 +124,7 @@ __all__ = [
     "BYOL",
     "CAVL",
     "CC",
+    "CMC",
     "DIM",
     "LWS",
     "PRODEN",

@@ -97,6 +97,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         kind=bundle.kind,
         train_targets=bundle.train.targets,
         train_candidates=bundle.train.candidates,
+        mean=bundle.mean,
+        std=bundle.std,
+        make_backbone=lambda shape: build_backbone(cfg.model, shape, bundle.kind),
     )
     method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=task)
     recipes = [*dict.fromkeys(method.views), "test"]

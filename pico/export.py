@@ -204,6 +204,7 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
     method.eval()
     bundle = exp.bundle
     backbone = method.backbone_module()
+    check_rebuilds(method, cfg.model, bundle.input_shape, bundle.kind)
     probe = bundle.test.inputs[:2] if len(bundle.test) else bundle.train.inputs[:2]
     head = _classifier(method, probe, exp.augmenters["test"])
     shift = scale = None
@@ -228,6 +229,25 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
             None if head is None else {k: v.detach().clone() for k, v in head.state_dict().items()}
         ),
     }
+
+
+def check_rebuilds(
+    method: Method, model_cfg: DictConfig, input_shape: tuple[int, ...], kind: str
+) -> None:
+    """Refuse a method whose backbone is not what ``model_cfg`` builds (CMC: one encoder
+    per view): :func:`load_exported` rebuilds the backbone from the model config, so its
+    state must fit that model exactly."""
+    from pico.models.factory import build_backbone
+
+    with torch.random.fork_rng():  # building draws initial weights: leave the RNG as it was
+        fresh = build_backbone(model_cfg, input_shape, kind).state_dict()
+    state = method.backbone_module().state_dict()
+    if fresh.keys() != state.keys() or any(fresh[k].shape != v.shape for k, v in state.items()):
+        raise ValueError(
+            f"the backbone of {type(method).__name__} is not the configured model "
+            f"({model_cfg.get('_target_')}) alone, so an export could not rebuild it; "
+            "pico-export supports parts=backbone for it"
+        )
 
 
 def _image_resize(data_cfg: DictConfig) -> dict[str, Any]:

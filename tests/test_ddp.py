@@ -63,6 +63,8 @@ RUNS = {
     "instdisc": ["method=instdisc", "eval.linear_probe=true"],
     "invaspread": ["method=invaspread"],
     "dim": ["method=dim", "method.embed_dim=64"],
+    # two encoders (top and bottom rows of the digits), a bank per view
+    "cmc": ["method=cmc", "method.proj_dim=16"],
     # local crops resized to 4x4 (no random ops): mixed view sizes, the Sinkhorn codes
     # and DINO's centre over the global batch, the queue and the freezes of epoch 1
     "swav": ["method=swav", "method.proj_hidden=32", "method.num_prototypes=20",
