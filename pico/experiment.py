@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from pico.data.augment import BatchAugment, build_augment
 from pico.data.bundle import DataBundle
@@ -17,6 +19,7 @@ from pico.engine.distributed_run import resolve_device
 from pico.engine.method import Method, TaskInfo
 from pico.eval.evaluator import Evaluator
 from pico.models.factory import build_backbone, check_pretrained
+from pico.models.transfer import BACKBONE_PREFIX, sub_state
 from pico.pll.candidates import candidate_summary, format_candidate_summary
 
 if TYPE_CHECKING:
@@ -68,8 +71,13 @@ class Experiment:
         return OmegaConf.to_yaml(cfg)
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Load data, build backbone and method, augmentation recipes and the evaluator."""
+def build_experiment(cfg: DictConfig, trained: Mapping[str, Tensor] | None = None) -> Experiment:
+    """Load data, build backbone and method, augmentation recipes and the evaluator.
+
+    ``trained`` is the method state of a checkpoint the run is rebuilt from (``pico-eval``,
+    ``pico-export``), which the caller loads: the backbone is shaped after it without
+    reading ``model.init_from``.
+    """
     queue_size = cfg.method.get("queue_size")
     if queue_size is not None and queue_size < cfg.trainer.batch_size:
         raise ValueError(
@@ -89,7 +97,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if bundle.train.candidates is not None:
         stats = candidate_summary(bundle.train.candidates, bundle.train.targets)
         log.info("train candidates: %s", format_candidate_summary(stats))
-    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind)
+    backbone_trained = None if trained is None else sub_state(trained, BACKBONE_PREFIX)
+    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind, backbone_trained)
     task = TaskInfo(
         num_classes=bundle.num_classes,
         num_train=len(bundle.train),

@@ -198,7 +198,7 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False
     apply_data_overrides(cfg.data, data or {})
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, trained=state["method"])
     method = exp.method
     method.load_state_dict(state["method"])
     method.eval()
@@ -299,7 +299,7 @@ def load_exported(source: str | Path | Mapping[str, Any]) -> Predictor:
             f"version {EXPORT_VERSION}"
         )
     shape = tuple(state["input_shape"])
-    backbone = build_backbone(state["model"], shape, state["kind"])
+    backbone = build_backbone(state["model"], shape, state["kind"], trained=state["backbone"])
     backbone.load_state_dict(state["backbone"])
     head: nn.Module = nn.Identity()
     if state["classifier"] is not None:
