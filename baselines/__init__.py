@@ -1,5 +1,5 @@
-"""Self-supervised baselines on the same engine as PiCO: MoCo v2, MoCo v3, SimCLR, BYOL,
-SimSiam, SwAV, DINO, instance discrimination, InvaSpread, Deep InfoMax and CMC."""
+"""Self-supervised baselines on the same engine as PiCO: MoCo v2, MoCo v3, SimCLR, SimCLR v2,
+BYOL, SimSiam, SwAV, DINO, instance discrimination, InvaSpread, Deep InfoMax and CMC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pico.baselines.instdisc import InstDisc
 from pico.baselines.invaspread import InvaSpread
 from pico.baselines.moco import MoCo
 from pico.baselines.mocov3 import MoCoV3, mocov3_loss
-from pico.baselines.simclr import SimCLR
+from pico.baselines.simclr import SimCLR, SimCLRv2
 from pico.baselines.simsiam import SimSiam, negative_cosine
 from pico.baselines.swav import SwAV, sinkhorn_knopp, swapped_prediction_loss
 
@@ -26,6 +26,7 @@ __all__ = [
     "MoCo",
     "MoCoV3",
     "SimCLR",
+    "SimCLRv2",
     "SimSiam",
     "SwAV",
     "byol_loss",

@@ -59,6 +59,7 @@ RUNS = {
     "proden": ["method=proden"],
     "moco": ["method=moco", QUEUE, "method.bn_groups=2", "method.key_bn=shuffle"],
     "simclr": ["method=simclr", "method.proj_hidden=32"],
+    "simclr_v2": ["method=simclr_v2"],  # 3-layer projector as wide as the features (16)
     "byol": ["method=byol", "method.proj_hidden=32", "method.pred_hidden=32"],
     "instdisc": ["method=instdisc", "eval.linear_probe=true"],
     "invaspread": ["method=invaspread"],

@@ -139,6 +139,11 @@ class Method(nn.Module):
     step_graph: str | None = None
     #: the online encoder, set by every subclass (see :meth:`backbone_module`)
     backbone: nn.Module
+    #: constructor arguments naming files that only training reads (Distill's
+    #: ``teacher``): a training run must set them; a run rebuilt from its checkpoint
+    #: (``pico-eval``, ``pico-export``, ``pico-predict``) passes ``None``, so it does not
+    #: need those files
+    training_files: tuple[str, ...] = ()
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         """Losses for one batch; the key ``"loss"`` is minimised, the rest are logged."""
