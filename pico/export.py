@@ -241,13 +241,14 @@ def check_rebuilds(
     method: Method, model_cfg: DictConfig, input_shape: tuple[int, ...], kind: str
 ) -> None:
     """Refuse a method whose backbone is not what ``model_cfg`` builds (CMC: one encoder
-    per view): :func:`load_exported` rebuilds the backbone from the model config, so its
-    state must fit that model exactly."""
+    per view): :func:`load_exported` rebuilds the backbone from the model config (shaped
+    after the trained weights, as for a fine-tuned run's projector layers), so its state
+    must fit that model exactly."""
     from pico.models.factory import build_backbone
 
-    with torch.random.fork_rng():  # building draws initial weights: leave the RNG as it was
-        fresh = build_backbone(model_cfg, input_shape, kind).state_dict()
     state = method.backbone_module().state_dict()
+    with torch.random.fork_rng():  # building draws initial weights: leave the RNG as it was
+        fresh = build_backbone(model_cfg, input_shape, kind, trained=state).state_dict()
     if fresh.keys() != state.keys() or any(fresh[k].shape != v.shape for k, v in state.items()):
         raise ValueError(
             f"the backbone of {type(method).__name__} is not the configured model "
