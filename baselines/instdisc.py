@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pico.core.distributed import gather_no_grad
-from pico.core.nce import bank_logits, estimate_log_z, nce_loss
+from pico.core.nce import bank_logits, estimate_log_z_all_ranks, nce_loss, update_bank_
 from pico.engine.method import Batch, Method, StepInfo, TaskInfo
 from pico.models.dims import feature_dim
 
@@ -97,10 +95,8 @@ class InstDisc(Method):
     def _normaliser(self, noise_logits: Tensor) -> Tensor:
         """``log_z``, estimated from ``noise_logits`` (averaged over ranks) if not yet known."""
         if not self._log_z_checked:
-            local = estimate_log_z(noise_logits, self.num_data).reshape(1)
-            ranks = gather_no_grad(local)
-            estimate = torch.logsumexp(ranks, dim=0) - math.log(ranks.numel())
-            self.log_z.copy_(torch.where(self.log_z_known, self.log_z, estimate.squeeze(0)))
+            estimate = estimate_log_z_all_ranks(noise_logits, self.num_data)
+            self.log_z.copy_(torch.where(self.log_z_known, self.log_z, estimate))
             self.log_z_known.fill_(True)
             self._log_z_checked = True
         return self.log_z
@@ -126,10 +122,9 @@ class InstDisc(Method):
 
     @torch.no_grad()
     def update_bank(self, index: Tensor, features: Tensor) -> None:
-        """``bank[i] <- normalise(m * bank[i] + (1 - m) * f)`` for the rows ``index``."""
-        slots = self.memory_bank[index]
-        mixed = self.bank_momentum * slots + (1 - self.bank_momentum) * features.to(slots.dtype)
-        self.memory_bank.index_copy_(0, index, F.normalize(mixed, dim=1))
+        """``bank[i] <- normalise(m * bank[i] + (1 - m) * f)`` for the rows ``index``
+        (:func:`~pico.core.nce.update_bank_`)."""
+        update_bank_(self.memory_bank, index, features, self.bank_momentum)
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         if self._pending is None:

@@ -5,6 +5,10 @@ Rungs (``--rungs``, all by default):
     digits         scikit-learn digits, uniform q 0.3 and 0.7, 3 seeds (100 epochs)
     italian        italian.mat (21,878 rows, 90 classes), 3 seeds, plus the plain PRODEN MLP
     fg-net         FG-NET.mat (1,002 rows, 78 classes), 3 seeds, plus the plain PRODEN MLP
+    digits-tab     scikit-learn digits as 64 continuous features with instance-dependent
+                   candidates (bench/tabular_sets.py), 3 seeds, plus the plain PRODEN MLP
+    fashion-tab    5,000 Fashion-MNIST images as 100 principal components, the same
+                   candidates, 3 seeds, plus the plain PRODEN MLP
     fashion_mnist  Fashion-MNIST, q 0.3 and 0.5, 1 seed, 20 epochs at batch 256 on a
                    stratified 3,000-image training subset, evaluated every 5 epochs
     cifar10        CIFAR-10 JPEG folder, q 0.3, 1 seed, the narrow ResNet-18, 20 epochs at
@@ -38,6 +42,9 @@ from pathlib import Path
 # bench/ is not a package: its folder leaves sys.path once the shared helpers are imported
 # (bench/baselines.py would shadow the `baselines` package).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tabular_sets  # before plain_proden, which takes bench/ off sys.path
+
+# isort: split
 import plain_proden
 from common import BENCH, RESULTS
 
@@ -46,8 +53,20 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 from pico.compare import main as compare  # noqa: E402  (after bench/ left sys.path)
 
 METHODS = ("pico", "pico_plus", "proden", "cc", "cavl", "supervised")
-RUNGS = ("digits", "italian", "fg-net", "fashion_mnist", "cifar10")
 MAT_FILES = {"italian": "italian.mat", "fg-net": "FG-NET.mat"}
+TABULAR_RUNGS = (*MAT_FILES, *tabular_sets.SETS)
+RUNGS = ("digits", *TABULAR_RUNGS, "fashion_mnist", "cifar10")
+
+
+def mat_path(rung: str, args: argparse.Namespace) -> Path:
+    """The ``.mat`` file of a tabular rung; the generated sets are written under
+    ``OUT/tabular`` on first use."""
+    if rung in MAT_FILES:
+        return args.mat_dir / MAT_FILES[rung]
+    path = args.out / "tabular" / f"{rung}.mat"
+    if not path.exists():
+        tabular_sets.main(["--out", str(path.parent), "--sets", rung])
+    return path
 
 
 def rung_seeds(rung: str, args: argparse.Namespace) -> list[str]:
@@ -62,8 +81,8 @@ def rung_arguments(rung: str, args: argparse.Namespace) -> list[str]:
     seeds = ["--seeds", *rung_seeds(rung, args)]
     if rung == "digits":
         return ["--data", "digits", "--q", "0.3", "0.7", *seeds]
-    if rung in MAT_FILES:
-        return ["--data", str(args.mat_dir / MAT_FILES[rung]), *seeds]
+    if rung in TABULAR_RUNGS:
+        return ["--data", str(mat_path(rung, args)), *seeds]
     if rung == "fashion_mnist":
         budget = (
             "fashion_mnist: data.train_size=3000 trainer.epochs=20 trainer.batch_size=256 "
@@ -111,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             grid += ["--record", "--results", str(RESULTS)]
         print(f"== {rung}: pico-compare {' '.join(grid)}", flush=True)
         compare(grid)
-        if rung in MAT_FILES and not args.dry_run:
-            reference = [str(args.mat_dir / MAT_FILES[rung]), "--seeds", *rung_seeds(rung, args)]
+        if rung in TABULAR_RUNGS and not args.dry_run:
+            reference = [str(mat_path(rung, args)), "--seeds", *rung_seeds(rung, args)]
             plain_proden.main([*reference, *(["--record"] if args.record else [])])
 
 

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from pico.api import Evaluation, evaluate, train
     from pico.baselines import (
         BYOL,
+        CMC,
         CPC,
         DIM,
         InstDisc,
@@ -97,6 +98,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "BYOL": "pico.baselines",
+        "CMC": "pico.baselines",
         "CPC": "pico.baselines",
         "DIM": "pico.baselines",
         "InstDisc": "pico.baselines",
@@ -125,6 +127,7 @@ __all__ = [
     "BYOL",
     "CAVL",
     "CC",
+    "CMC",
     "CPC",
     "DIM",
     "LWS",

@@ -313,7 +313,7 @@ def evaluate(
     cfg.trainer.device = device
     changed = _flat(data or {})
     apply_data_overrides(cfg.data, data or {})
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, trained=state["method"])
     exp.method.load_state_dict(state["method"])
     exp.method.to(exp.device)
     metrics = exp.evaluator.evaluate(exp.method, EVAL_PARTS[parts])

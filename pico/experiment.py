@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from pico.data.augment import BatchAugment, build_augment
 from pico.data.bundle import DataBundle
@@ -17,6 +19,7 @@ from pico.engine.distributed_run import resolve_device
 from pico.engine.method import Method, TaskInfo
 from pico.eval.evaluator import Evaluator
 from pico.models.factory import build_backbone, check_pretrained
+from pico.models.transfer import BACKBONE_PREFIX, sub_state
 from pico.pll.candidates import candidate_summary, format_candidate_summary
 
 if TYPE_CHECKING:
@@ -68,8 +71,34 @@ class Experiment:
         return OmegaConf.to_yaml(cfg)
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Load data, build backbone and method, augmentation recipes and the evaluator."""
+def _method_config(method: DictConfig, rebuild: bool) -> DictConfig:
+    """``method``, its :attr:`~pico.engine.method.Method.training_files` set to ``None``
+    for a ``rebuild``; for training, a missing one is an error."""
+    try:
+        names = getattr(get_object(method._target_), "training_files", ())
+    except Exception:  # a bad _target_: instantiate reports it
+        return method
+    if rebuild:
+        return cast(DictConfig, OmegaConf.merge(method, {name: None for name in names}))
+    for name in names:
+        if method.get(name) is None:
+            raise ValueError(
+                f"method {method._target_} trains with method.{name}=PATH, which is not "
+                f"set; pass method.{name}=CHECKPOINT"
+            )
+    return method
+
+
+def build_experiment(cfg: DictConfig, trained: Mapping[str, Tensor] | None = None) -> Experiment:
+    """Load data, build backbone and method, augmentation recipes and the evaluator.
+
+    ``trained`` is the method state of a checkpoint the run is rebuilt from (``pico-eval``,
+    ``pico-export``), which the caller loads: the backbone is shaped after it without
+    reading ``model.init_from``, and the method is built without the files only training
+    reads (its :attr:`~pico.engine.method.Method.training_files`, e.g. Distill's teacher).
+    A training run must name those files; a missing one is refused before the data load.
+    """
+    method_cfg = _method_config(cfg.method, rebuild=trained is not None)
     queue_size = cfg.method.get("queue_size")
     if queue_size is not None and queue_size < cfg.trainer.batch_size:
         raise ValueError(
@@ -89,7 +118,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if bundle.train.candidates is not None:
         stats = candidate_summary(bundle.train.candidates, bundle.train.targets)
         log.info("train candidates: %s", format_candidate_summary(stats))
-    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind)
+    backbone_trained = None if trained is None else sub_state(trained, BACKBONE_PREFIX)
+    backbone = build_backbone(cfg.model, bundle.input_shape, bundle.kind, backbone_trained)
     task = TaskInfo(
         num_classes=bundle.num_classes,
         num_train=len(bundle.train),
@@ -97,8 +127,11 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         kind=bundle.kind,
         train_targets=bundle.train.targets,
         train_candidates=bundle.train.candidates,
+        mean=bundle.mean,
+        std=bundle.std,
+        make_backbone=lambda shape: build_backbone(cfg.model, shape, bundle.kind),
     )
-    method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=task)
+    method = instantiate(method_cfg, _partial_=True)(backbone=backbone, task=task)
     recipes = [*dict.fromkeys(method.views), "test"]
     missing = [name for name in recipes if name not in cfg.aug]
     if missing:

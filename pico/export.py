@@ -29,11 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from pico.data.augment import BatchAugment, build_augment
-from pico.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pico.engine.checkpoint import (
+    CheckpointError,
+    content_checksum,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pico.engine.method import Method
 
 EXPORT_FORMAT = "pico-export"
@@ -198,12 +204,13 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
     if "pretrained" in cfg.model:
         cfg.model.pretrained = False
     apply_data_overrides(cfg.data, data or {})
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, trained=state["method"])
     method = exp.method
     method.load_state_dict(state["method"])
     method.eval()
     bundle = exp.bundle
     backbone = method.backbone_module()
+    check_rebuilds(method, cfg.model, bundle.input_shape, bundle.kind)
     probe = bundle.test.inputs[:2] if len(bundle.test) else bundle.train.inputs[:2]
     head = _classifier(method, probe, exp.augmenters["test"])
     shift = scale = None
@@ -228,6 +235,26 @@ def export_state(checkpoint: str | Path, data: Mapping[str, Any] | None = None) 
             None if head is None else {k: v.detach().clone() for k, v in head.state_dict().items()}
         ),
     }
+
+
+def check_rebuilds(
+    method: Method, model_cfg: DictConfig, input_shape: tuple[int, ...], kind: str
+) -> None:
+    """Refuse a method whose backbone is not what ``model_cfg`` builds (CMC: one encoder
+    per view): :func:`load_exported` rebuilds the backbone from the model config (shaped
+    after the trained weights, as for a fine-tuned run's projector layers), so its state
+    must fit that model exactly."""
+    from pico.models.factory import build_backbone
+
+    state = method.backbone_module().state_dict()
+    with torch.random.fork_rng():  # building draws initial weights: leave the RNG as it was
+        fresh = build_backbone(model_cfg, input_shape, kind, trained=state).state_dict()
+    if fresh.keys() != state.keys() or any(fresh[k].shape != v.shape for k, v in state.items()):
+        raise ValueError(
+            f"the backbone of {type(method).__name__} is not the configured model "
+            f"({model_cfg.get('_target_')}) alone, so an export could not rebuild it; "
+            "pico-export supports parts=backbone for it"
+        )
 
 
 def _image_resize(data_cfg: DictConfig) -> dict[str, Any]:
@@ -305,7 +332,7 @@ def load_exported(source: str | Path | Mapping[str, Any]) -> Predictor:
             f"version {EXPORT_VERSION}"
         )
     shape = tuple(state["input_shape"])
-    backbone = build_backbone(state["model"], shape, state["kind"])
+    backbone = build_backbone(state["model"], shape, state["kind"], trained=state["backbone"])
     backbone.load_state_dict(state["backbone"])
     head: nn.Module = nn.Identity()
     if state["classifier"] is not None:
@@ -324,6 +351,81 @@ def load_exported(source: str | Path | Mapping[str, Any]) -> Predictor:
         bool(resize.get("keep_aspect", False)),
     )
     return predictor.eval()
+
+
+def load_classifier(
+    source: str | Path, input_shape: Sequence[int], kind: str
+) -> tuple[nn.Sequential, str]:
+    """``nn.Sequential(backbone, classifier)`` of a trained run, on inputs already
+    preprocessed as its training views were (normalised, of ``input_shape``), in eval mode
+    and with every parameter frozen; and a digest of its weights (hex).
+
+    ``source`` is a pico-train checkpoint of a method with a linear classifier head
+    (PRODEN, PiCO, CC, ...: a :class:`~pico.pll.supervised.ClassifierMethod`, whose logits
+    are ``classifier(backbone(x))``), rebuilt from its model config and weights alone (no
+    data is loaded), or a pico-export state dict whose output is logits. A checkpoint of a
+    method without a classifier head (SimCLR, MoCo, ...) is refused, and so is a model
+    built for other inputs than ``input_shape`` / ``kind``.
+    """
+    from pico.models.factory import build_backbone
+    from pico.models.transfer import BACKBONE_PREFIX, sub_state
+    from pico.pll.supervised import ClassifierMethod
+
+    state = load_checkpoint(source)
+    if state.get("format") == EXPORT_FORMAT:
+        predictor = load_exported(state)
+        if predictor.output != "logits":
+            raise ValueError(f"{source} exports backbone features, not logits: {_NO_HEAD}")
+        if (predictor.kind, list(predictor.input_shape)) != (kind, list(input_shape)):
+            raise ValueError(
+                f"{source} takes {predictor.kind} inputs of shape {predictor.input_shape}, "
+                f"but this data is {kind} of shape {list(input_shape)}"
+            )
+        network = predictor.network
+        assert isinstance(network, Network)  # load_exported builds one
+        backbone, head = network.backbone, network.head
+    elif isinstance(state.get("config"), str) and isinstance(state.get("method"), dict):
+        cfg = OmegaConf.create(state["config"])
+        target = str(cfg.method._target_)
+        method_cls = get_object(target)
+        if not (
+            isinstance(method_cls, type)
+            and issubclass(method_cls, ClassifierMethod)
+            and method_cls.logits is ClassifierMethod.logits
+        ):
+            raise ValueError(f"{source} is a run of {target}, which has {_NO_HEAD}")
+        trained = sub_state(state["method"], BACKBONE_PREFIX)
+        backbone = build_backbone(cfg.model, tuple(input_shape), kind, trained=trained)
+        _load_fitting(backbone, trained, source)
+        weight = state["method"]["classifier.weight"]
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        head.load_state_dict(sub_state(state["method"], "classifier."))
+    else:
+        raise CheckpointError(
+            f"{source} is neither a pico-train checkpoint nor a pico-export state dict; pass "
+            "run_dir/checkpoints/best.pt (or last.pt) of a run with a classifier head"
+        )
+    network = nn.Sequential(backbone, head).eval().requires_grad_(False)
+    return network, content_checksum(network.state_dict())
+
+
+#: why a run without a classifier head cannot teach
+_NO_HEAD = (
+    "no classifier head to teach with; pass a run of a classification method (method=proden, "
+    "pico, cc, lws, ...)"
+)
+
+
+def _load_fitting(module: nn.Module, state: Mapping[str, Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch reported as a ``ValueError``."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"the backbone of {source} does not fit this data's inputs ({first}); use the "
+            "data (channels, image size) the run was trained on"
+        ) from err
 
 
 def _example(predictor: Predictor, batch: int = 2) -> Tensor:

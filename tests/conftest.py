@@ -76,9 +76,12 @@ def assert_exact_resume(make_config, tmp_path: Path, *overrides: str) -> dict:
     return a
 
 
-def tiny_backbone(out_dim: int = 32, relu: bool = False) -> nn.Module:
-    """Flatten -> Linear (-> ReLU): a backbone for 1x4x4 images with ``out_dim`` features."""
-    layers = [nn.Flatten(), nn.Linear(math.prod(TINY_SHAPE), out_dim)]
+def tiny_backbone(
+    out_dim: int = 32, relu: bool = False, shape: tuple[int, ...] = TINY_SHAPE
+) -> nn.Module:
+    """Flatten -> Linear (-> ReLU): a backbone for inputs of ``shape`` (1x4x4 images by
+    default) with ``out_dim`` features."""
+    layers = [nn.Flatten(), nn.Linear(math.prod(shape), out_dim)]
     net = nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
     net.out_dim = out_dim
     return net

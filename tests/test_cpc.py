@@ -33,6 +33,7 @@ from pico.core.losses import cpc_loss
 from pico.engine.method import Batch, TaskInfo
 from pico.export import export_model
 from pico.models.convnet import SmallConvNet
+from pico.models.vit import VisionTransformer
 
 DT = torch.float64
 INFO = step_info()
@@ -233,8 +234,10 @@ def test_bad_arguments_are_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"needs TaskInfo.input_shape = \(C, H, W\)"):
         CPC(SmallConvNet(), TaskInfo(3, 8, input_shape=(16,)))
     linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))  # takes whole 1x4x4 images only
-    with pytest.raises(ValueError, match=r"patches of shape \(1, 2, 2\).*model=convnet"):
-        CPC(linear, tiny_task(), patch_size=2, patch_stride=1, prediction_steps=1)
+    vit = VisionTransformer(1, 4, patch_size=2, width=8, depth=1, heads=2)  # built for 4x4
+    for backbone in (linear, vit):
+        with pytest.raises(ValueError, match=r"patches of shape \(1, 2, 2\).*model=convnet"):
+            CPC(backbone, tiny_task(), patch_size=2, patch_stride=1, prediction_steps=1)
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:

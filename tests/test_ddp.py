@@ -59,10 +59,13 @@ RUNS = {
     "proden": ["method=proden"],
     "moco": ["method=moco", QUEUE, "method.bn_groups=2", "method.key_bn=shuffle"],
     "simclr": ["method=simclr", "method.proj_hidden=32"],
+    "simclr_v2": ["method=simclr_v2"],  # 3-layer projector as wide as the features (16)
     "byol": ["method=byol", "method.proj_hidden=32", "method.pred_hidden=32"],
     "instdisc": ["method=instdisc", "eval.linear_probe=true"],
     "invaspread": ["method=invaspread"],
     "dim": ["method=dim", "method.embed_dim=64"],
+    # two encoders (top and bottom rows of the digits), a bank per view
+    "cmc": ["method=cmc", "method.proj_dim=16"],
     # digits tuning: a 3x3 grid of 6 px patches, 2 offsets; negatives from the global batch
     "cpc": ["method=cpc", "method.context_dim=16"],
     # local crops resized to 4x4 (no random ops): mixed view sizes, the Sinkhorn codes

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pico.core.ema import cosine_momentum, ema_update_, momentum_copy
+from pico.core.ema import cosine_momentum, ema_update_, momentum_copy, run_momentum
 from pico.engine.method import Method
 
 
@@ -166,3 +166,18 @@ def test_method_momentum_update_keeps_its_lists_until_moved_or_switched():
     method.momentum_update_([(online, target)], 0.5)
     torch.testing.assert_close(target[1].running_mean, torch.ones(4, dtype=torch.float64))
     assert target[1].running_mean is method.target[1].running_mean
+
+
+def test_run_momentum_caps_the_lag_at_a_share_of_the_run():
+    assert run_momentum(0.999, 200_000, 0.2) == 0.999  # long runs keep the paper's value
+    assert run_momentum(0.999, 220, None) == 0.999
+    short = run_momentum(0.999, 220, 0.2)
+    assert short == pytest.approx(1 - 1 / 44)
+    assert run_momentum(0.999, 2, 0.2) == 0.0  # never negative
+    # the property the cap is for: after lag_share of the run, an EMA has followed a step
+    # change of its online weight by 1 - 1/e or more (0.999 would have moved 4 % of it)
+    target = 0.0
+    for _ in range(44):
+        target = short * target + (1 - short) * 1.0
+    assert target >= 1 - 1 / math.e
+    assert 1 - 0.999**44 < 0.05

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import candidate_task, tiny_backbone
@@ -98,3 +99,23 @@ def test_state_dict_carries_pll_state():
     fresh.load_state_dict(state)
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_key_momentum_is_capped_in_short_runs_only():
+    pico, _ = make_pico()
+    long_run = StepInfo(epoch=0, step=0, epochs=800, steps_per_epoch=195)
+    short_run = StepInfo(epoch=0, step=0, epochs=20, steps_per_epoch=11)
+    assert pico.momentum(long_run) == 0.999
+    assert pico.momentum(short_run) == pytest.approx(1 - 1 / (0.5 * 220))
+    assert make_pico(key_lag_share=None)[0].momentum(short_run) == 0.999
+    # the trainer's hook moves the key encoder with that coefficient
+    with torch.no_grad():
+        for p in pico.backbone.parameters():
+            p.fill_(1.0)
+        for p in pico.key_backbone.parameters():
+            p.zero_()
+    pico.after_optimizer_step(short_run)
+    moved = next(pico.key_backbone.parameters())
+    assert torch.allclose(moved, torch.full_like(moved, 1 / (0.5 * 220)))
+    with pytest.raises(ValueError, match="key_lag_share"):
+        make_pico(key_lag_share=0)

@@ -24,6 +24,7 @@ from pico.core.ema import (
     ema_update_,
     momentum_copy,
     momentum_tensors,
+    run_momentum,
 )
 from pico.core.losses import (
     cpc_loss,
@@ -71,6 +72,7 @@ __all__ = [
     "nce_loss",
     "nt_xent",
     "queue_size_for",
+    "run_momentum",
     "sup_con",
     "sup_con_from_labels",
     "triplet_loss",

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pico.core.distributed import gather_no_grad
+
 
 def _at_least_float32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -52,6 +54,28 @@ def estimate_log_z(noise_logits: Tensor, num_data: int) -> Tensor:
         raise ValueError("estimate_log_z needs at least one noise logit; draw K >= 1 noise slots")
     logits = _at_least_float32(noise_logits.detach()).reshape(-1)
     return torch.logsumexp(logits, dim=0) + math.log(num_data) - math.log(logits.numel())
+
+
+def estimate_log_z_all_ranks(noise_logits: Tensor, num_data: int) -> Tensor:
+    """:func:`estimate_log_z` averaged over the ranks of the process group: ``Z`` is the
+    mean of the ranks' estimates (a ``logsumexp`` of their ``log Z``), so every rank
+    holds the same normaliser. In a single process it is :func:`estimate_log_z`."""
+    local = estimate_log_z(noise_logits, num_data).reshape(1)
+    ranks = gather_no_grad(local)
+    return (torch.logsumexp(ranks, dim=0) - math.log(ranks.numel())).squeeze(0)
+
+
+@torch.no_grad()
+def update_bank_(bank: Tensor, index: Tensor, features: Tensor, momentum: float) -> None:
+    """The memory-bank update of InstDisc and CMC, in place:
+    ``bank[i] <- normalise(m * bank[i] + (1 - m) * f)`` for the rows ``index`` of ``bank``
+    ``(N, D)`` and their new features ``f`` (``(B, D)``, cast to the bank's dtype),
+    with ``m = momentum``. ``bank`` may be a view (one view's slice of a stacked bank)."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"bank momentum must lie in [0, 1], got {momentum}")
+    slots = bank[index]
+    mixed = momentum * slots + (1 - momentum) * features.to(slots.dtype)
+    bank.index_copy_(0, index, F.normalize(mixed, dim=1))
 
 
 def nce_loss(

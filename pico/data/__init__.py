@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pico._lazy import lazy_exports
 from pico.data.bundle import DataBundle, Split, stratified_split
+from pico.data.color import normalize_lab, rgb_to_lab
 
 if TYPE_CHECKING:
     from pico.data.augment import BatchAugment, build_augment
@@ -59,5 +60,7 @@ __all__ = [
     "load_plcifar10",
     "load_pll_mat_source",
     "load_torchvision",
+    "normalize_lab",
+    "rgb_to_lab",
     "stratified_split",
 ]

@@ -55,13 +55,22 @@ def run_fingerprint(cfg: DictConfig, bundle: DataBundle) -> dict[str, str]:
         "trainer.batch_size": trainer.get("batch_size"),
         "trainer.optimizer": trainer.get("optimizer"),
         "method": cfg.method,
-        "model": cfg.model,
+        "model": _model_part(cfg.model),
     }
     out = {key: _canonical(value) for key, value in parts.items()}
     out["train_candidates"] = _digest([bundle.train.candidates])
     splits = (bundle.train, bundle.val, bundle.test)
     out["splits"] = _digest([t for split in splits for t in (split.inputs, split.targets)])
     return out
+
+
+def _model_part(model: DictConfig) -> Any:
+    """The ``model`` config, ``init_head_layers`` left out at its default 0, so a
+    checkpoint written before that key existed still resumes."""
+    plain = OmegaConf.to_container(model, resolve=True)
+    if isinstance(plain, dict) and plain.get("init_head_layers", 0) == 0:
+        plain.pop("init_head_layers", None)
+    return plain
 
 
 def _canonical(value: Any) -> str:

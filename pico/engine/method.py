@@ -64,8 +64,13 @@ class TaskInfo:
     partial-label methods need; ``train_targets`` are true labels (-1 where unknown), for
     the supervised reference only. ``input_shape`` is one example's shape (``(C, H, W)``
     or ``(D,)``), used to measure the feature width of a backbone without an ``out_dim``
-    attribute (:func:`~pico.models.dims.feature_dim`); ``kind`` (``"image"`` or
-    ``"tabular"``) is informational. From Python, a partial-label task is just::
+    attribute (:func:`~pico.models.dims.feature_dim`); ``kind`` is ``"image"`` or
+    ``"tabular"``. ``mean`` and ``std`` are the per-channel normalisation (0-1 scale) the
+    inputs a method receives have been through, ``x = (raw - mean) / std``; empty when
+    they have not (CMC undoes it to convert RGB to L*a*b*). ``make_backbone`` builds
+    another backbone of the run's model for inputs of a given shape (one example's), for
+    methods with one encoder per view of a different shape (CMC); the engine sets it.
+    From Python, a partial-label task is just::
 
         TaskInfo(num_classes=10, num_train=len(candidates), train_candidates=candidates)
     """
@@ -76,6 +81,9 @@ class TaskInfo:
     kind: str | None = None
     train_targets: Tensor | None = None
     train_candidates: Tensor | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    make_backbone: Callable[[tuple[int, ...]], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         shape = (self.num_train, self.num_classes)
@@ -131,6 +139,11 @@ class Method(nn.Module):
     step_graph: str | None = None
     #: the online encoder, set by every subclass (see :meth:`backbone_module`)
     backbone: nn.Module
+    #: constructor arguments naming files that only training reads (Distill's
+    #: ``teacher``): a training run must set them; a run rebuilt from its checkpoint
+    #: (``pico-eval``, ``pico-export``, ``pico-predict``) passes ``None``, so it does not
+    #: need those files
+    training_files: tuple[str, ...] = ()
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         """Losses for one batch; the key ``"loss"`` is minimised, the rest are logged."""

@@ -16,7 +16,13 @@ from pico.models.convnet import SmallConvNet
 from pico.models.dims import feature_dim, measured_feature_dim
 from pico.models.heads import mlp_head
 from pico.models.mlp import MLPEncoder
-from pico.models.transfer import backbone_state, load_backbone_
+from pico.models.transfer import (
+    ProjectedBackbone,
+    backbone_state,
+    head_layers,
+    load_backbone_,
+    projector_state,
+)
 
 if TYPE_CHECKING:
     from pico.models.factory import build_backbone, check_pretrained
@@ -38,6 +44,7 @@ __getattr__, __dir__ = lazy_exports(
 
 __all__ = [
     "MLPEncoder",
+    "ProjectedBackbone",
     "SmallConvNet",
     "VisionTransformer",
     "backbone_state",
@@ -45,9 +52,11 @@ __all__ = [
     "check_pretrained",
     "cifar_resnet",
     "feature_dim",
+    "head_layers",
     "imagenet_resnet",
     "load_backbone_",
     "measured_feature_dim",
     "mlp_head",
+    "projector_state",
     "timm_backbone",
 ]

@@ -8,9 +8,15 @@ from typing import Any
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
-from pico.models.transfer import load_backbone_
+from pico.models.transfer import (
+    ProjectedBackbone,
+    head_layers,
+    load_backbone_,
+    projector_state,
+    sub_state,
+)
 
 #: the constructor argument that receives the input size, per data kind
 _SIZE_ARG = {"image": "in_channels", "tabular": "in_dim"}
@@ -72,7 +78,10 @@ def _weights_source(cfg: DictConfig | Mapping[str, Any]) -> str:
 
 
 def build_backbone(
-    cfg: DictConfig | Mapping[str, Any], input_shape: tuple[int, ...], kind: str
+    cfg: DictConfig | Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    kind: str,
+    trained: Mapping[str, Tensor] | None = None,
 ) -> nn.Module:
     """Instantiate ``cfg`` (a mapping with ``_target_`` and kwargs) for inputs of ``input_shape``.
 
@@ -84,6 +93,17 @@ def build_backbone(
     must expose an integer ``out_dim`` (feature size). An ``init_from`` key (a checkpoint
     of any method, or a plain state dict) loads pretrained backbone weights; a
     ``pretrained`` key is checked by :func:`check_pretrained` and not passed on.
+
+    ``init_head_layers: K`` (K > 0, with ``init_from``) appends the first K layers of the
+    checkpoint's projection head (each Linear, its BatchNorm and ReLU; the output layer
+    is never kept), with their weights: a
+    :class:`~pico.models.transfer.ProjectedBackbone` whose features are those of the K-th
+    layer (SimCLR v2 fine-tunes with K = 1).
+
+    ``trained`` is the state dict of a backbone built from this config by a finished run
+    (``pico-eval``, ``pico-export`` and the distillation teacher rebuild one): the layers
+    are then shaped after it, and neither ``init_from`` nor ``weights`` is read (the
+    caller loads ``trained``).
     """
     if kind not in _SIZE_ARG:
         raise ValueError(f"data kind must be 'image' or 'tabular', got {kind!r}")
@@ -97,9 +117,14 @@ def build_backbone(
         OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     )
     assert isinstance(model_cfg, DictConfig)  # created from a mapping
+    if trained is not None:  # the trained weights replace any starting weights
+        model_cfg.pretrained = False
+        if model_cfg.get("weights"):
+            model_cfg.weights = None
     check_pretrained(model_cfg)
     model_cfg.pop("pretrained", None)
     init_from = model_cfg.pop("init_from", None)
+    head = _head_layers(model_cfg.pop("init_head_layers", 0), init_from, trained)
     target_name = model_cfg.get("_target_")
     if not target_name:
         raise ValueError(
@@ -127,6 +152,38 @@ def build_backbone(
             f"backbone {target_name} has no integer attribute 'out_dim'; set it to the size "
             "of the features the backbone returns"
         )
-    if init_from:
+    if init_from and trained is None:
         load_backbone_(model, init_from)
-    return model
+    if head is None:
+        return model
+    if head[0].in_features != model.out_dim:
+        raise ValueError(
+            f"model.init_head_layers: the projector of {init_from} takes "
+            f"{head[0].in_features} features, but this backbone gives {model.out_dim}; use "
+            "the model config of the run that wrote it"
+        )
+    return ProjectedBackbone(model, head)
+
+
+def _head_layers(
+    layers: Any, init_from: str | None, trained: Mapping[str, Tensor] | None
+) -> nn.Sequential | None:
+    """The projector layers ``model.init_head_layers`` asks for, from ``init_from``'s
+    projector or, for a trained run, shaped after its backbone's ``head``."""
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        raise ValueError(
+            f"model.init_head_layers={layers!r} is not valid: it must be a whole number >= 0 "
+            "(0: the backbone alone; 1: with the first layer of the checkpoint's projector)"
+        )
+    if layers == 0:
+        return None
+    if trained is not None:
+        head = sub_state(trained, "head.")
+        return head_layers(head, layers, "the trained backbone's head", output_layer=False)
+    if not init_from:
+        raise ValueError(
+            f"model.init_head_layers={layers} keeps layers of a pretrained projector, but "
+            "model.init_from is not set; pass model.init_from=CHECKPOINT (e.g. of "
+            "method=simclr_v2), or model.init_head_layers=0"
+        )
+    return head_layers(projector_state(init_from), layers, f"the projector of {init_from}")

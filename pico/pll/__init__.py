@@ -1,5 +1,6 @@
 """Partial-label learning: candidate sets (generation, validation, loading), the methods
-(PiCO, PiCO+, PRODEN, CC, RC, LWS, CAVL, the supervised reference) and their losses."""
+(PiCO, PiCO+, PRODEN, CC, RC, LWS, CAVL, the supervised reference, self-distillation)
+and their losses."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from pico.pll.cavl import CAVL, cav_targets, class_activation_values
 from pico.pll.cc import CC, candidate_prediction, cc_loss
 from pico.pll.disambiguation import phi_schedule, prototype_labels, update_confidence_
 from pico.pll.disambiguation_loss import ContrastiveDisambiguation
+from pico.pll.distill import Distill, distill_loss, teacher_targets
 from pico.pll.lws import LWS, lws_initial_weights, lws_loss, lws_weights
 from pico.pll.pico import PiCO
 from pico.pll.pico_plus import PiCOPlus
@@ -64,6 +66,7 @@ __all__ = [
     "CandidateRows",
     "ClassifierMethod",
     "ContrastiveDisambiguation",
+    "Distill",
     "PiCO",
     "PiCOPlus",
     "Supervised",
@@ -80,6 +83,7 @@ __all__ = [
     "cc_loss",
     "check_nonempty_rows",
     "class_activation_values",
+    "distill_loss",
     "flip_candidates",
     "format_candidate_summary",
     "generate_candidates",
@@ -98,6 +102,7 @@ __all__ = [
     "require_candidates",
     "soft_cross_entropy",
     "softmax_within",
+    "teacher_targets",
     "uniform_candidates",
     "uniform_confidence",
     "uniform_set_candidates",

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pico.core.ema import run_momentum
 from pico.core.momentum_encoder import MomentumEncoder
 from pico.core.queue import FeatureQueue
 from pico.engine.method import Batch, StepInfo, TaskInfo
@@ -62,6 +63,7 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         proj_hidden: int | None = None,
         queue_size: int = 8192,
         key_momentum: float = 0.999,
+        key_lag_share: float | None = 0.5,
         temperature: float = 0.07,
         contrastive_weight: float = 0.5,
         proto_momentum: float = 0.99,
@@ -74,6 +76,12 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         warmup_batch_negatives: bool = False,
     ) -> None:
         super().__init__(backbone, task)
+        if key_lag_share is not None and not 0 < key_lag_share <= 1:
+            raise ValueError(
+                f"key_lag_share must lie in (0, 1] or be null (the paper's constant "
+                f"key_momentum), got {key_lag_share}"
+            )
+        self.key_lag_share = key_lag_share
         candidates = require_candidates(task, self.method_name)
         width = self.classifier.in_features
         self.init_momentum_encoder(
@@ -102,6 +110,12 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         self.warmup = Warmup.for_candidates(
             candidates, warmup_epochs, warmup_min_steps, warmup_share, warmup_full_ambiguity
         )
+
+    def momentum(self, info: StepInfo) -> float:
+        """The key encoder's EMA coefficient: ``key_momentum``, lowered in short runs so that
+        the key encoder trails by at most ``key_lag_share`` of the run
+        (:func:`~pico.core.ema.run_momentum`)."""
+        return run_momentum(self.key_momentum, info.total_steps, self.key_lag_share)
 
     def warmup_steps(self, info: StepInfo) -> int:
         """Optimizer steps of warm-up for this run."""
