@@ -53,9 +53,8 @@ class CAVL(CandidateRows, ClassifierMethod):
     ``warmup_epochs``, at least ``warmup_min_steps`` steps unless that takes more than
     ``warmup_share`` of the run) before re-selection starts. Unlike PiCO's moving-average
     confidences, a one-hot CAVL target is self-reinforcing, so the floor does not shrink
-    for unambiguous candidate sets (``warmup_full_ambiguity=0``), and it may take up to 45 %
-    of a short run (``warmup_share=0.45``; PiCO's 30 % left CAVL a point below the plain
-    PRODEN reference on FG-NET); ``warmup_min_steps=0`` gives the paper's rule.
+    for unambiguous candidate sets (``warmup_full_ambiguity=0``); ``warmup_min_steps=0`` gives
+    the paper's rule.
     """
 
     views = ("weak",)
@@ -68,7 +67,7 @@ class CAVL(CandidateRows, ClassifierMethod):
         task: TaskInfo,
         warmup_epochs: float = 0,
         warmup_min_steps: int = 600,
-        warmup_share: float = 0.45,
+        warmup_share: float = 0.3,
         warmup_full_ambiguity: float = 0,
     ) -> None:
         super().__init__(backbone, task)
