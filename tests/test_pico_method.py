@@ -102,12 +102,12 @@ def test_state_dict_carries_pll_state():
 
 
 def test_key_lag_share_caps_the_key_momentum_in_short_runs_only():
-    pico, _ = make_pico(key_lag_share=0.5)
+    pico, _ = make_pico()  # the default share, 0.5
     long_run = StepInfo(epoch=0, step=0, epochs=800, steps_per_epoch=195)
     short_run = StepInfo(epoch=0, step=0, epochs=20, steps_per_epoch=11)
     assert pico.momentum(long_run) == 0.999
     assert pico.momentum(short_run) == pytest.approx(1 - 1 / (0.5 * 220))
-    assert make_pico()[0].momentum(short_run) == 0.999  # the default: the paper's constant
+    assert make_pico(key_lag_share=None)[0].momentum(short_run) == 0.999  # the paper's constant
     # the trainer's hook moves the key encoder with that coefficient
     with torch.no_grad():
         for p in pico.backbone.parameters():

@@ -63,7 +63,7 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         proj_hidden: int | None = None,
         queue_size: int = 8192,
         key_momentum: float = 0.999,
-        key_lag_share: float | None = None,
+        key_lag_share: float | None = 0.5,
         temperature: float = 0.07,
         contrastive_weight: float = 0.5,
         proto_momentum: float = 0.99,
@@ -112,9 +112,9 @@ class PiCO(MomentumEncoder, CandidateRows, ClassifierMethod):
         )
 
     def momentum(self, info: StepInfo) -> float:
-        """The key encoder's EMA coefficient: ``key_momentum`` (the paper's constant), or with
-        ``key_lag_share`` set, lowered in short runs so that the key encoder trails by at
-        most that share of the run (:func:`~pico.core.ema.run_momentum`)."""
+        """The key encoder's EMA coefficient: ``key_momentum``, lowered in short runs so that
+        the key encoder trails by at most ``key_lag_share`` of the run
+        (:func:`~pico.core.ema.run_momentum`; ``None``: the paper's constant)."""
         return run_momentum(self.key_momentum, info.total_steps, self.key_lag_share)
 
     def warmup_steps(self, info: StepInfo) -> int:
